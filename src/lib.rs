@@ -8,3 +8,4 @@
 //! - [`metainfo`]: torrents: build, parse, validate, piece ↔ file layout.
 pub mod metainfo;
 pub mod units;
+pub mod tracker;

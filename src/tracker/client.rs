@@ -1,0 +1,171 @@
+//! The announce client: tells trackers about us and hands back the peers
+//! they list. It dials nobody; the swarm decides what to do with addresses.
+//!
+//! Lifecycle (BEP 3): `started` first, plain announces every interval the
+//! tracker asks for, `completed` once when the download finishes, `stopped`
+//! on shutdown. Failures back off exponentially (1 s, 2 s, … 5 min) and try
+//! the next URL in the list.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::protocol::{decode_announce, AnnounceRequest, AnnounceResponse, Event, ResponseError, MAX_RESPONSE_BYTES};
+use crate::metainfo::InfoHash;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnnounceError {
+    #[error("tracker {url}: {source}")]
+    Http { url: String, source: reqwest::Error },
+    #[error("tracker {url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("tracker {url}: {source}")]
+    Reply { url: String, source: ResponseError },
+    #[error("tracker {url}: reply larger than {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge { url: String },
+}
+
+/// Sends one announce and decodes the reply.
+pub async fn announce(http: &reqwest::Client, url: &str, req: &AnnounceRequest) -> Result<AnnounceResponse, AnnounceError> {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let full = format!("{url}{sep}{}", req.to_query());
+    let http_err = |source| AnnounceError::Http { url: url.to_string(), source };
+    let mut resp = http.get(&full).timeout(Duration::from_secs(15)).send().await.map_err(http_err)?;
+    if !resp.status().is_success() {
+        return Err(AnnounceError::Status { url: url.to_string(), status: resp.status().as_u16() });
+    }
+    // Read with a cap: a hostile tracker must not make us allocate without bound.
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(http_err)? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(AnnounceError::TooLarge { url: url.to_string() });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    decode_announce(&body).map_err(|source| AnnounceError::Reply { url: url.to_string(), source })
+}
+
+/// What the session reports to the announce loop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransferStats {
+    pub uploaded: u64,
+    pub downloaded: u64,
+    pub left: u64,
+}
+
+/// Settings of one torrent's announce loop.
+#[derive(Debug, Clone)]
+pub struct AnnounceConfig {
+    pub urls: Vec<String>,
+    pub info_hash: InfoHash,
+    pub peer_id: [u8; 20],
+    pub port: u16,
+    pub numwant: u32,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Announces until `shutdown`, then sends `stopped` (bounded by a short timeout).
+/// Peers go to `peers_tx`; `stats` is read before every announce and a change
+/// of `left` to zero triggers the `completed` event.
+pub async fn run_announce_loop(
+    http: reqwest::Client,
+    cfg: AnnounceConfig,
+    mut stats: watch::Receiver<TransferStats>,
+    peers_tx: mpsc::Sender<Vec<SocketAddr>>,
+    shutdown: CancellationToken,
+) {
+    if cfg.urls.is_empty() {
+        return;
+    }
+    let mut event = Event::Started;
+    let mut was_complete = stats.borrow().left == 0;
+    let mut url_index = 0;
+    let mut backoff = Duration::from_secs(1);
+    let mut announced_once = false;
+    loop {
+        let s = *stats.borrow_and_update();
+        if !was_complete && s.left == 0 && event != Event::Started {
+            event = Event::Completed;
+        }
+        was_complete |= s.left == 0;
+        let req = AnnounceRequest {
+            info_hash: cfg.info_hash,
+            peer_id: cfg.peer_id,
+            port: cfg.port,
+            uploaded: s.uploaded,
+            downloaded: s.downloaded,
+            left: s.left,
+            event,
+            compact: true,
+            no_peer_id: true,
+            numwant: Some(cfg.numwant),
+            ip: None,
+        };
+        let url = &cfg.urls[url_index % cfg.urls.len()];
+        let wait = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = announce(&http, url, &req) => match r {
+                Ok(resp) => {
+                    debug!(%url, peers = resp.peers.len(), ?event, "announced");
+                    announced_once = true;
+                    event = Event::None;
+                    backoff = Duration::from_secs(1);
+                    let addrs = resp.peers.iter().map(|p| p.addr).collect::<Vec<_>>();
+                    if !addrs.is_empty() && peers_tx.send(addrs).await.is_err() {
+                        break;
+                    }
+                    resp.interval
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?backoff, "announce failed");
+                    url_index += 1;
+                    let w = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    w
+                }
+            }
+        };
+        // Sleep until the interval passes, the download completes, or shutdown.
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = &mut sleep => break,
+                changed = stats.changed() => {
+                    if changed.is_err() { break; }
+                    if !was_complete && stats.borrow().left == 0 { break; }
+                }
+            }
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+    if announced_once {
+        let s = *stats.borrow();
+        let req = AnnounceRequest {
+            info_hash: cfg.info_hash,
+            peer_id: cfg.peer_id,
+            port: cfg.port,
+            uploaded: s.uploaded,
+            downloaded: s.downloaded,
+            left: s.left,
+            event: Event::Stopped,
+            compact: true,
+            no_peer_id: true,
+            numwant: Some(0),
+            ip: None,
+        };
+        let url = &cfg.urls[url_index % cfg.urls.len()];
+        match tokio::time::timeout(Duration::from_secs(3), announce(&http, url, &req)).await {
+            Ok(Ok(_)) => info!(%url, "sent stopped announce"),
+            Ok(Err(e)) => warn!(error = %e, "stopped announce failed"),
+            Err(_) => warn!(%url, "stopped announce timed out"),
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! The HTTP tracker: an in-memory registry of swarms and the warp routes that
+//! serve `/announce` and `/scrape`.
+//!
+//! One `parking_lot::Mutex` guards the registry. An announce holds it for a
+//! hash-map lookup and a small random sample of peers, microseconds, so a
+//! single lock outperforms sharding at the request rates a tracker for a
+//! fleet of replicas sees (see BENCHMARKS.md for the load test).
+//!
+//! Memory is bounded: `numwant` is capped, each swarm holds at most
+//! `max_peers_per_torrent` peers, and in open mode at most `max_torrents`
+//! swarms exist. Peers that miss two announce intervals expire.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use parking_lot::Mutex;
+use rand::seq::IteratorRandom;
+use warp::http::{header, Response, StatusCode};
+use warp::Filter;
+
+use super::protocol::{
+    encode_announce, encode_scrape, failure_body, scrape_hashes, AnnounceRequest, AnnounceResponse, Event,
+    PeerInfo, ScrapeEntry,
+};
+use crate::metainfo::InfoHash;
+
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    pub interval: Duration,
+    pub min_interval: Duration,
+    /// Only registered info-hashes are tracked (the default when embedded in the master).
+    pub whitelist_only: bool,
+    /// Honour the `ip` parameter of announces (only behind a trusted proxy).
+    pub trust_ip_param: bool,
+    pub default_numwant: u32,
+    pub max_numwant: u32,
+    pub max_peers_per_torrent: usize,
+    pub max_torrents: usize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            interval: Duration::from_secs(60),
+            min_interval: Duration::from_secs(10),
+            whitelist_only: true,
+            trust_ip_param: false,
+            default_numwant: 50,
+            max_numwant: 200,
+            max_peers_per_torrent: 10_000,
+            max_torrents: 100_000,
+        }
+    }
+}
+
+/// What the tracker knows of one peer.
+#[derive(Debug, Clone)]
+pub struct PeerRecord {
+    pub peer_id: [u8; 20],
+    pub addr: SocketAddr,
+    pub uploaded: u64,
+    pub downloaded: u64,
+    pub left: u64,
+    pub last_seen: Instant,
+}
+
+#[derive(Default)]
+struct Swarm {
+    peers: HashMap<[u8; 20], PeerRecord>,
+    seeders: usize,
+    /// Announces with `event=completed`.
+    downloaded: u64,
+}
+
+impl Swarm {
+    fn remove(&mut self, id: &[u8; 20]) {
+        if let Some(old) = self.peers.remove(id) {
+            if old.left == 0 {
+                self.seeders -= 1;
+            }
+        }
+    }
+
+    fn expire(&mut self, cutoff: Instant) {
+        let before = self.peers.len();
+        self.peers.retain(|_, p| p.last_seen >= cutoff);
+        if self.peers.len() != before {
+            self.seeders = self.peers.values().filter(|p| p.left == 0).count();
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct TrackerStats {
+    pub announces: AtomicU64,
+    pub scrapes: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// The tracker registry. Cheap to clone a handle (`Arc<Tracker>`).
+pub struct Tracker {
+    config: TrackerConfig,
+    swarms: Mutex<HashMap<InfoHash, Swarm>>,
+    /// Info-hashes allowed in whitelist mode.
+    allowed: Mutex<HashSet<InfoHash>>,
+    pub stats: TrackerStats,
+}
+
+impl Tracker {
+    pub fn new(config: TrackerConfig) -> Arc<Tracker> {
+        Arc::new(Tracker {
+            config,
+            swarms: Mutex::new(HashMap::new()),
+            allowed: Mutex::new(HashSet::new()),
+            stats: TrackerStats::default(),
+        })
+    }
+
+    pub fn config(&self) -> &TrackerConfig {
+        &self.config
+    }
+
+    /// Allows an info-hash (whitelist mode).
+    pub fn register(&self, h: InfoHash) {
+        self.allowed.lock().insert(h);
+    }
+
+    /// Forgets an info-hash and its swarm.
+    pub fn unregister(&self, h: &InfoHash) {
+        self.allowed.lock().remove(h);
+        self.swarms.lock().remove(h);
+    }
+
+    pub fn is_registered(&self, h: &InfoHash) -> bool {
+        self.allowed.lock().contains(h)
+    }
+
+    /// The peers currently listed for `h`.
+    pub fn peers(&self, h: &InfoHash) -> Vec<PeerRecord> {
+        self.swarms.lock().get(h).map(|s| s.peers.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Handles an announce from `remote`. `Err` is the `failure reason`.
+    pub fn announce(&self, req: &AnnounceRequest, remote: IpAddr) -> Result<AnnounceResponse, String> {
+        self.stats.announces.fetch_add(1, Ordering::Relaxed);
+        if self.config.whitelist_only && !self.is_registered(&req.info_hash) {
+            return Err("unregistered torrent".into());
+        }
+        let ip = match (self.config.trust_ip_param, req.ip) {
+            (true, Some(ip)) => ip,
+            _ => remote,
+        };
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        let now = Instant::now();
+        let cutoff = now.checked_sub(self.config.interval * 2).unwrap_or(now);
+        let mut swarms = self.swarms.lock();
+        if !swarms.contains_key(&req.info_hash) && swarms.len() >= self.config.max_torrents {
+            return Err("tracker is full".into());
+        }
+        let swarm = swarms.entry(req.info_hash).or_default();
+        swarm.expire(cutoff);
+        swarm.remove(&req.peer_id);
+        if req.event == Event::Completed {
+            swarm.downloaded += 1;
+        }
+        if req.event != Event::Stopped && swarm.peers.len() < self.config.max_peers_per_torrent {
+            if req.left == 0 {
+                swarm.seeders += 1;
+            }
+            swarm.peers.insert(
+                req.peer_id,
+                PeerRecord {
+                    peer_id: req.peer_id,
+                    addr: SocketAddr::new(ip, req.port),
+                    uploaded: req.uploaded,
+                    downloaded: req.downloaded,
+                    left: req.left,
+                    last_seen: now,
+                },
+            );
+        }
+        let want = req
+            .numwant
+            .unwrap_or(self.config.default_numwant)
+            .min(self.config.max_numwant) as usize;
+        // A seeder has no use for other seeders.
+        let peers = if req.event == Event::Stopped {
+            Vec::new()
+        } else {
+            swarm
+                .peers
+                .values()
+                .filter(|p| p.peer_id != req.peer_id && !(req.left == 0 && p.left == 0))
+                .choose_multiple(&mut rand::thread_rng(), want)
+                .into_iter()
+                .map(|p| PeerInfo { addr: p.addr, peer_id: Some(p.peer_id) })
+                .collect()
+        };
+        Ok(AnnounceResponse {
+            interval: self.config.interval,
+            min_interval: Some(self.config.min_interval),
+            complete: swarm.seeders as u64,
+            incomplete: (swarm.peers.len() - swarm.seeders) as u64,
+            peers,
+            warning: None,
+        })
+    }
+
+    /// Counts for the named torrents (all tracked ones when `hashes` is empty).
+    pub fn scrape(&self, hashes: &[InfoHash]) -> Vec<(InfoHash, ScrapeEntry)> {
+        self.stats.scrapes.fetch_add(1, Ordering::Relaxed);
+        let swarms = self.swarms.lock();
+        let entry = |s: &Swarm| ScrapeEntry {
+            complete: s.seeders as u64,
+            downloaded: s.downloaded,
+            incomplete: (s.peers.len() - s.seeders) as u64,
+        };
+        if hashes.is_empty() {
+            return swarms.iter().take(1000).map(|(h, s)| (*h, entry(s))).collect();
+        }
+        hashes
+            .iter()
+            .take(1000)
+            .filter(|h| !self.config.whitelist_only || self.is_registered(h))
+            .map(|h| (*h, swarms.get(h).map(entry).unwrap_or_default()))
+            .collect()
+    }
+
+    /// Drops expired peers and empty unregistered swarms.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let cutoff = now.checked_sub(self.config.interval * 2).unwrap_or(now);
+        let allowed = self.allowed.lock().clone();
+        self.swarms.lock().retain(|h, s| {
+            s.expire(cutoff);
+            !s.peers.is_empty() || allowed.contains(h)
+        });
+    }
+
+    /// Runs `sweep` every interval until `shutdown` fires.
+    pub async fn run_sweeper(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.interval);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => self.sweep(),
+            }
+        }
+    }
+}
+
+fn bencode_reply(body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = Response::new(body);
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// `GET /announce` and `GET /scrape`, to mount on any warp server.
+pub fn routes(
+    tracker: Arc<Tracker>,
+) -> impl Filter<Extract = (Response<Vec<u8>>,), Error = warp::Rejection> + Clone {
+    let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    let remote = warp::addr::remote();
+
+    let t = tracker.clone();
+    let announce = warp::path!("announce")
+        .and(warp::get())
+        .and(raw_query.clone())
+        .and(remote)
+        .map(move |q: String, remote: Option<SocketAddr>| {
+            let body = match AnnounceRequest::from_query(&q) {
+                Ok(req) => {
+                    let ip = remote.map(|r| r.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+                    match t.announce(&req, ip) {
+                        Ok(resp) => encode_announce(&resp, req.compact, req.no_peer_id),
+                        Err(reason) => {
+                            t.stats.failures.fetch_add(1, Ordering::Relaxed);
+                            failure_body(&reason)
+                        }
+                    }
+                }
+                Err(reason) => {
+                    t.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    failure_body(&reason)
+                }
+            };
+            bencode_reply(body)
+        });
+
+    let t = tracker;
+    let scrape = warp::path!("scrape").and(warp::get()).and(raw_query).map(move |q: String| {
+        let body = match scrape_hashes(&q) {
+            Ok(hashes) => encode_scrape(&t.scrape(&hashes)),
+            Err(reason) => failure_body(&reason),
+        };
+        bencode_reply(body)
+    });
+
+    announce.or(scrape).unify()
+}
+
+/// A 404 for anything else, so a standalone tracker answers every request.
+pub fn not_found() -> Response<Vec<u8>> {
+    let mut r = Response::new(b"not found\n".to_vec());
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(id: u8, left: u64, event: Event) -> AnnounceRequest {
+        AnnounceRequest {
+            info_hash: InfoHash([9; 20]),
+            peer_id: [id; 20],
+            port: 6000 + id as u16,
+            uploaded: 0,
+            downloaded: 0,
+            left,
+            event,
+            compact: true,
+            no_peer_id: false,
+            numwant: None,
+            ip: None,
+        }
+    }
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn whitelist_refuses_unknown_hashes() {
+        let t = Tracker::new(TrackerConfig::default());
+        assert_eq!(t.announce(&req(1, 0, Event::Started), LOCAL).unwrap_err(), "unregistered torrent");
+        t.register(InfoHash([9; 20]));
+        assert!(t.announce(&req(1, 0, Event::Started), LOCAL).is_ok());
+    }
+
+    #[test]
+    fn lists_others_counts_and_forgets_stopped() {
+        let t = Tracker::new(TrackerConfig { whitelist_only: false, ..Default::default() });
+        t.announce(&req(1, 0, Event::Started), LOCAL).unwrap();
+        let r = t.announce(&req(2, 100, Event::Started), LOCAL).unwrap();
+        assert_eq!(r.peers.len(), 1);
+        assert_eq!(r.peers[0].addr.port(), 6001);
+        assert_eq!((r.complete, r.incomplete), (1, 1));
+        // A seeder is not told about other seeders, but is told about leechers.
+        let r = t.announce(&req(3, 0, Event::Started), LOCAL).unwrap();
+        assert_eq!(r.peers.iter().map(|p| p.addr.port()).collect::<Vec<_>>(), vec![6002]);
+        t.announce(&req(2, 0, Event::Completed), LOCAL).unwrap();
+        t.announce(&req(1, 0, Event::Stopped), LOCAL).unwrap();
+        let s = t.scrape(&[InfoHash([9; 20])]);
+        assert_eq!(s[0].1, ScrapeEntry { complete: 2, downloaded: 1, incomplete: 0 });
+    }
+
+    #[test]
+    fn caps_numwant_peers_and_torrents() {
+        let cfg = TrackerConfig {
+            whitelist_only: false,
+            max_numwant: 3,
+            max_peers_per_torrent: 5,
+            max_torrents: 1,
+            ..Default::default()
+        };
+        let t = Tracker::new(cfg);
+        for id in 0..10 {
+            t.announce(&req(id, 1, Event::Started), LOCAL).unwrap();
+        }
+        assert_eq!(t.peers(&InfoHash([9; 20])).len(), 5);
+        let mut r = req(50, 1, Event::None);
+        r.numwant = Some(1000);
+        assert_eq!(t.announce(&r, LOCAL).unwrap().peers.len(), 3);
+        let mut other = req(1, 1, Event::Started);
+        other.info_hash = InfoHash([1; 20]);
+        assert_eq!(t.announce(&other, LOCAL).unwrap_err(), "tracker is full");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peers_expire_after_two_intervals() {
+        let t = Tracker::new(TrackerConfig {
+            whitelist_only: false,
+            interval: Duration::from_secs(10),
+            ..Default::default()
+        });
+        t.announce(&req(1, 0, Event::Started), LOCAL).unwrap();
+        tokio::time::advance(Duration::from_secs(15)).await;
+        t.sweep();
+        assert_eq!(t.peers(&InfoHash([9; 20])).len(), 1);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        t.sweep();
+        assert_eq!(t.peers(&InfoHash([9; 20])).len(), 0);
+    }
+}
