@@ -6,6 +6,14 @@
 //!
 //! - [`units`]: sizes and rates (`10M`).
 //! - [`metainfo`]: torrents: build, parse, validate, piece ↔ file layout.
+//! - [`tracker`]: the HTTP tracker server and the announce client.
+//! - [`source`]: load a torrent from a path or URL.
+//! - [`telemetry`], [`shutdown`]: logging and the signal → cancellation path.
+//! - [`cli`]: subcommands → library calls.
+pub mod cli;
 pub mod metainfo;
-pub mod units;
+pub mod shutdown;
+pub mod source;
+pub mod telemetry;
 pub mod tracker;
+pub mod units;

@@ -1,1 +1,26 @@
-fn main() {}
+//! The `indexswarm` binary: parse arguments, run, map the outcome to an exit
+//! code (0 success, 1 runtime error, 2 usage error; clap exits 2 itself).
+
+use clap::Parser;
+
+fn main() {
+    let cli = indexswarm::cli::Cli::parse();
+    indexswarm::telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(indexswarm::cli::run(cli));
+    // Do not wait for lingering blocking tasks (a hashing thread of a cancelled run).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -23,7 +23,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-pub use build::{auto_piece_length, build, BuildError, BuildOptions, Built, SourceFile};
+pub use build::{auto_piece_length, build, scan, BuildError, BuildOptions, Built, SourceFile};
 pub use hashing::{hash_pieces, verify_pieces, PieceSource};
 pub use layout::Span;
 

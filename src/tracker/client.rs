@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::protocol::{decode_announce, AnnounceRequest, AnnounceResponse, Event, ResponseError, MAX_RESPONSE_BYTES};
+use super::protocol::{
+    decode_announce, AnnounceRequest, AnnounceResponse, Event, ResponseError, MAX_RESPONSE_BYTES,
+};
 use crate::metainfo::InfoHash;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,23 +31,43 @@ pub enum AnnounceError {
 }
 
 /// Sends one announce and decodes the reply.
-pub async fn announce(http: &reqwest::Client, url: &str, req: &AnnounceRequest) -> Result<AnnounceResponse, AnnounceError> {
+pub async fn announce(
+    http: &reqwest::Client,
+    url: &str,
+    req: &AnnounceRequest,
+) -> Result<AnnounceResponse, AnnounceError> {
     let sep = if url.contains('?') { '&' } else { '?' };
     let full = format!("{url}{sep}{}", req.to_query());
-    let http_err = |source| AnnounceError::Http { url: url.to_string(), source };
-    let mut resp = http.get(&full).timeout(Duration::from_secs(15)).send().await.map_err(http_err)?;
+    let http_err = |source| AnnounceError::Http {
+        url: url.to_string(),
+        source,
+    };
+    let mut resp = http
+        .get(&full)
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .map_err(http_err)?;
     if !resp.status().is_success() {
-        return Err(AnnounceError::Status { url: url.to_string(), status: resp.status().as_u16() });
+        return Err(AnnounceError::Status {
+            url: url.to_string(),
+            status: resp.status().as_u16(),
+        });
     }
     // Read with a cap: a hostile tracker must not make us allocate without bound.
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(http_err)? {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(AnnounceError::TooLarge { url: url.to_string() });
+            return Err(AnnounceError::TooLarge {
+                url: url.to_string(),
+            });
         }
         body.extend_from_slice(&chunk);
     }
-    decode_announce(&body).map_err(|source| AnnounceError::Reply { url: url.to_string(), source })
+    decode_announce(&body).map_err(|source| AnnounceError::Reply {
+        url: url.to_string(),
+        source,
+    })
 }
 
 /// What the session reports to the announce loop.

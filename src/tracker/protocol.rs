@@ -65,13 +65,17 @@ pub fn decode_query(raw: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
         .filter(|kv| !kv.is_empty())
         .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (percent_decode(k.as_bytes()).collect(), percent_decode(v.as_bytes()).collect())
+            (
+                percent_decode(k.as_bytes()).collect(),
+                percent_decode(v.as_bytes()).collect(),
+            )
         })
         .collect())
 }
 
 fn twenty(v: &[u8], what: &str) -> Result<[u8; 20], String> {
-    v.try_into().map_err(|_| format!("{what} must be 20 bytes, got {}", v.len()))
+    v.try_into()
+        .map_err(|_| format!("{what} must be 20 bytes, got {}", v.len()))
 }
 
 fn number<T: std::str::FromStr>(v: &[u8], what: &str) -> Result<T, String> {
@@ -161,7 +165,11 @@ impl AnnounceRequest {
 }
 
 /// Unreserved characters (RFC 3986) stay literal; everything else is `%XX`.
-const QUERY_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const QUERY_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 pub fn url_bytes(b: &[u8]) -> String {
     percent_encode(b, QUERY_ESCAPE).to_string()
@@ -337,7 +345,10 @@ pub fn decode_announce(body: &[u8]) -> Result<AnnounceResponse, ResponseError> {
     };
     let int = |o: Object| -> Result<u64, ResponseError> {
         match o {
-            Object::Integer(s) => s.parse::<i64>().map(|v| v.max(0) as u64).map_err(|_| bad("bad integer")),
+            Object::Integer(s) => s
+                .parse::<i64>()
+                .map(|v| v.max(0) as u64)
+                .map_err(|_| bad("bad integer")),
             _ => Err(bad("expected an integer")),
         }
     };
@@ -355,7 +366,9 @@ pub fn decode_announce(body: &[u8]) -> Result<AnnounceResponse, ResponseError> {
                 }
             }
             b"interval" => resp.interval = Duration::from_secs(int(v)?.clamp(1, 24 * 3600)),
-            b"min interval" => resp.min_interval = Some(Duration::from_secs(int(v)?.min(24 * 3600))),
+            b"min interval" => {
+                resp.min_interval = Some(Duration::from_secs(int(v)?.min(24 * 3600)))
+            }
             b"complete" => resp.complete = int(v)?,
             b"incomplete" => resp.incomplete = int(v)?,
             b"peers" => match v {
@@ -363,17 +376,24 @@ pub fn decode_announce(body: &[u8]) -> Result<AnnounceResponse, ResponseError> {
                     for c in b.chunks_exact(6) {
                         let ip = Ipv4Addr::new(c[0], c[1], c[2], c[3]);
                         let port = u16::from_be_bytes([c[4], c[5]]);
-                        resp.peers.push(PeerInfo { addr: SocketAddr::new(ip.into(), port), peer_id: None });
+                        resp.peers.push(PeerInfo {
+                            addr: SocketAddr::new(ip.into(), port),
+                            peer_id: None,
+                        });
                     }
                 }
                 Object::List(mut l) => {
                     while let Some(item) = l.next_object().map_err(|e| bad(&e.to_string()))? {
                         let Object::Dict(mut pd) = item else { continue };
                         let (mut ip, mut port, mut id) = (None, None, None);
-                        while let Some((pk, pv)) = pd.next_pair().map_err(|e| bad(&e.to_string()))? {
+                        while let Some((pk, pv)) =
+                            pd.next_pair().map_err(|e| bad(&e.to_string()))?
+                        {
                             match (pk, pv) {
                                 (b"ip", Object::Bytes(b)) => {
-                                    ip = std::str::from_utf8(b).ok().and_then(|s| s.parse::<IpAddr>().ok())
+                                    ip = std::str::from_utf8(b)
+                                        .ok()
+                                        .and_then(|s| s.parse::<IpAddr>().ok())
                                 }
                                 (b"port", Object::Integer(s)) => port = s.parse::<u16>().ok(),
                                 (b"peer id", Object::Bytes(b)) => id = b.try_into().ok(),
@@ -381,7 +401,10 @@ pub fn decode_announce(body: &[u8]) -> Result<AnnounceResponse, ResponseError> {
                             }
                         }
                         if let (Some(ip), Some(port)) = (ip, port) {
-                            resp.peers.push(PeerInfo { addr: SocketAddr::new(ip, port), peer_id: id });
+                            resp.peers.push(PeerInfo {
+                                addr: SocketAddr::new(ip, port),
+                                peer_id: id,
+                            });
                         }
                     }
                 }
@@ -393,7 +416,10 @@ pub fn decode_announce(body: &[u8]) -> Result<AnnounceResponse, ResponseError> {
                         let mut o = [0u8; 16];
                         o.copy_from_slice(&c[..16]);
                         let port = u16::from_be_bytes([c[16], c[17]]);
-                        resp.peers.push(PeerInfo { addr: SocketAddr::new(Ipv6Addr::from(o).into(), port), peer_id: None });
+                        resp.peers.push(PeerInfo {
+                            addr: SocketAddr::new(Ipv6Addr::from(o).into(), port),
+                            peer_id: None,
+                        });
                     }
                 }
             }
@@ -434,11 +460,17 @@ mod tests {
 
     #[test]
     fn rejects_malformed_announces() {
-        assert!(AnnounceRequest::from_query("port=1").unwrap_err().contains("info_hash"));
+        assert!(AnnounceRequest::from_query("port=1")
+            .unwrap_err()
+            .contains("info_hash"));
         let q = sample().to_query().replace("port=6881", "port=70000");
-        assert!(AnnounceRequest::from_query(&q).unwrap_err().contains("port"));
+        assert!(AnnounceRequest::from_query(&q)
+            .unwrap_err()
+            .contains("port"));
         let q = sample().to_query().replace("info_hash=", "info_hash=%00");
-        assert!(AnnounceRequest::from_query(&q).unwrap_err().contains("20 bytes"));
+        assert!(AnnounceRequest::from_query(&q)
+            .unwrap_err()
+            .contains("20 bytes"));
         let q = sample().to_query().replace("event=started", "event=bogus");
         assert!(AnnounceRequest::from_query(&q).is_err());
         assert!(AnnounceRequest::from_query(&"a".repeat(MAX_QUERY_BYTES + 1)).is_err());
@@ -452,8 +484,14 @@ mod tests {
             complete: 2,
             incomplete: 1,
             peers: vec![
-                PeerInfo { addr: "10.0.0.1:6881".parse().unwrap(), peer_id: Some([1; 20]) },
-                PeerInfo { addr: "[::1]:7000".parse().unwrap(), peer_id: Some([2; 20]) },
+                PeerInfo {
+                    addr: "10.0.0.1:6881".parse().unwrap(),
+                    peer_id: Some([1; 20]),
+                },
+                PeerInfo {
+                    addr: "[::1]:7000".parse().unwrap(),
+                    peer_id: Some([2; 20]),
+                },
             ],
             warning: None,
         };
@@ -474,6 +512,9 @@ mod tests {
             decode_announce(&failure_body("unregistered torrent")),
             Err(ResponseError::Failure("unregistered torrent".into()))
         );
-        assert!(matches!(decode_announce(b"garbage"), Err(ResponseError::Malformed(_))));
+        assert!(matches!(
+            decode_announce(b"garbage"),
+            Err(ResponseError::Malformed(_))
+        ));
     }
 }

@@ -24,8 +24,8 @@ use warp::http::{header, Response, StatusCode};
 use warp::Filter;
 
 use super::protocol::{
-    encode_announce, encode_scrape, failure_body, scrape_hashes, AnnounceRequest, AnnounceResponse, Event,
-    PeerInfo, ScrapeEntry,
+    encode_announce, encode_scrape, failure_body, scrape_hashes, AnnounceRequest, AnnounceResponse,
+    Event, PeerInfo, ScrapeEntry,
 };
 use crate::metainfo::InfoHash;
 
@@ -143,11 +143,19 @@ impl Tracker {
 
     /// The peers currently listed for `h`.
     pub fn peers(&self, h: &InfoHash) -> Vec<PeerRecord> {
-        self.swarms.lock().get(h).map(|s| s.peers.values().cloned().collect()).unwrap_or_default()
+        self.swarms
+            .lock()
+            .get(h)
+            .map(|s| s.peers.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Handles an announce from `remote`. `Err` is the `failure reason`.
-    pub fn announce(&self, req: &AnnounceRequest, remote: IpAddr) -> Result<AnnounceResponse, String> {
+    pub fn announce(
+        &self,
+        req: &AnnounceRequest,
+        remote: IpAddr,
+    ) -> Result<AnnounceResponse, String> {
         self.stats.announces.fetch_add(1, Ordering::Relaxed);
         if self.config.whitelist_only && !self.is_registered(&req.info_hash) {
             return Err("unregistered torrent".into());
@@ -157,7 +165,10 @@ impl Tracker {
             _ => remote,
         };
         let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         };
         let now = Instant::now();
@@ -202,7 +213,10 @@ impl Tracker {
                 .filter(|p| p.peer_id != req.peer_id && !(req.left == 0 && p.left == 0))
                 .choose_multiple(&mut rand::thread_rng(), want)
                 .into_iter()
-                .map(|p| PeerInfo { addr: p.addr, peer_id: Some(p.peer_id) })
+                .map(|p| PeerInfo {
+                    addr: p.addr,
+                    peer_id: Some(p.peer_id),
+                })
                 .collect()
         };
         Ok(AnnounceResponse {
@@ -225,7 +239,11 @@ impl Tracker {
             incomplete: (s.peers.len() - s.seeders) as u64,
         };
         if hashes.is_empty() {
-            return swarms.iter().take(1000).map(|(h, s)| (*h, entry(s))).collect();
+            return swarms
+                .iter()
+                .take(1000)
+                .map(|(h, s)| (*h, entry(s)))
+                .collect();
         }
         hashes
             .iter()
@@ -260,7 +278,10 @@ impl Tracker {
 
 fn bencode_reply(body: Vec<u8>) -> Response<Vec<u8>> {
     let mut r = Response::new(body);
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
     r
 }
 
@@ -279,7 +300,9 @@ pub fn routes(
         .map(move |q: String, remote: Option<SocketAddr>| {
             let body = match AnnounceRequest::from_query(&q) {
                 Ok(req) => {
-                    let ip = remote.map(|r| r.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+                    let ip = remote
+                        .map(|r| r.ip())
+                        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
                     match t.announce(&req, ip) {
                         Ok(resp) => encode_announce(&resp, req.compact, req.no_peer_id),
                         Err(reason) => {
@@ -297,13 +320,16 @@ pub fn routes(
         });
 
     let t = tracker;
-    let scrape = warp::path!("scrape").and(warp::get()).and(raw_query).map(move |q: String| {
-        let body = match scrape_hashes(&q) {
-            Ok(hashes) => encode_scrape(&t.scrape(&hashes)),
-            Err(reason) => failure_body(&reason),
-        };
-        bencode_reply(body)
-    });
+    let scrape = warp::path!("scrape")
+        .and(warp::get())
+        .and(raw_query)
+        .map(move |q: String| {
+            let body = match scrape_hashes(&q) {
+                Ok(hashes) => encode_scrape(&t.scrape(&hashes)),
+                Err(reason) => failure_body(&reason),
+            };
+            bencode_reply(body)
+        });
 
     announce.or(scrape).unify()
 }
@@ -339,14 +365,20 @@ mod tests {
     #[test]
     fn whitelist_refuses_unknown_hashes() {
         let t = Tracker::new(TrackerConfig::default());
-        assert_eq!(t.announce(&req(1, 0, Event::Started), LOCAL).unwrap_err(), "unregistered torrent");
+        assert_eq!(
+            t.announce(&req(1, 0, Event::Started), LOCAL).unwrap_err(),
+            "unregistered torrent"
+        );
         t.register(InfoHash([9; 20]));
         assert!(t.announce(&req(1, 0, Event::Started), LOCAL).is_ok());
     }
 
     #[test]
     fn lists_others_counts_and_forgets_stopped() {
-        let t = Tracker::new(TrackerConfig { whitelist_only: false, ..Default::default() });
+        let t = Tracker::new(TrackerConfig {
+            whitelist_only: false,
+            ..Default::default()
+        });
         t.announce(&req(1, 0, Event::Started), LOCAL).unwrap();
         let r = t.announce(&req(2, 100, Event::Started), LOCAL).unwrap();
         assert_eq!(r.peers.len(), 1);
@@ -354,11 +386,21 @@ mod tests {
         assert_eq!((r.complete, r.incomplete), (1, 1));
         // A seeder is not told about other seeders, but is told about leechers.
         let r = t.announce(&req(3, 0, Event::Started), LOCAL).unwrap();
-        assert_eq!(r.peers.iter().map(|p| p.addr.port()).collect::<Vec<_>>(), vec![6002]);
+        assert_eq!(
+            r.peers.iter().map(|p| p.addr.port()).collect::<Vec<_>>(),
+            vec![6002]
+        );
         t.announce(&req(2, 0, Event::Completed), LOCAL).unwrap();
         t.announce(&req(1, 0, Event::Stopped), LOCAL).unwrap();
         let s = t.scrape(&[InfoHash([9; 20])]);
-        assert_eq!(s[0].1, ScrapeEntry { complete: 2, downloaded: 1, incomplete: 0 });
+        assert_eq!(
+            s[0].1,
+            ScrapeEntry {
+                complete: 2,
+                downloaded: 1,
+                incomplete: 0
+            }
+        );
     }
 
     #[test]

@@ -1,0 +1,341 @@
+//! The command line: clap definitions and the glue from each subcommand to
+//! the library. Errors come back as `anyhow` with context; `main` prints them
+//! on one line and picks the exit code.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::metainfo::{self, BuildOptions, InfoHash, Metainfo};
+use crate::telemetry::LogFormat;
+use crate::tracker::{Tracker, TrackerConfig};
+use crate::units::ByteSize;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "indexswarm",
+    version,
+    about = "Replicate search-index snapshots from a master to many replicas over BitTorrent",
+    long_about = "Replicate search-index snapshots from a master to many replicas over BitTorrent.\n\n\
+        Run `indexswarm demo` to watch a master and three replicas replicate two index versions on loopback.\n\
+        Logs go to stderr (RUST_LOG honoured); data (info-hashes, JSON) goes to stdout."
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a .torrent of a directory (multi-file) or a file (single-file).
+    Create(CreateArgs),
+    /// Print a torrent's contents as one JSON object.
+    Inspect(InspectArgs),
+    /// Run a standalone HTTP tracker (the one the master embeds).
+    Tracker(TrackerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Directory (or file) to share.
+    pub path: PathBuf,
+    /// Where to write the torrent [default: <NAME>.torrent in the current directory].
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Tracker announce URL; repeat for several (the first is `announce`).
+    #[arg(long = "announce", value_name = "URL")]
+    pub announce: Vec<String>,
+    /// Piece length, a power of two from 16K to 64M [default: automatic, 256K–16M aiming at ≤ 4,000 pieces].
+    #[arg(long, value_name = "SIZE")]
+    pub piece_length: Option<ByteSize>,
+    /// Torrent name [default: the directory's name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Insert BEP 47 padding files so every file starts on a piece boundary.
+    #[arg(long)]
+    pub align_files: bool,
+    /// Hashing threads [default: one per core].
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A .torrent file or an http:// URL.
+    pub torrent: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TrackerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:6969")]
+    pub listen: SocketAddr,
+    /// Track only the info-hashes in this file (40 hex digits a line; `#` comments).
+    /// Re-read on SIGHUP. Without it the tracker is open.
+    #[arg(long, value_name = "FILE")]
+    pub whitelist: Option<PathBuf>,
+    /// Announce interval in seconds that clients are asked to keep.
+    #[arg(long, default_value_t = 60)]
+    pub interval: u64,
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Create(a) => create(a).await,
+        Command::Inspect(a) => inspect(a).await,
+        Command::Tracker(a) => tracker(a).await,
+    }
+}
+
+/// A progress bar on a terminal, periodic log lines otherwise. Stops when
+/// the returned guard is dropped.
+pub(crate) struct Progress {
+    stop: tokio_util::sync::CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    pub(crate) fn bytes(total: u64, label: &'static str, counter: Arc<AtomicU64>) -> Progress {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            if std::io::stderr().is_terminal() {
+                let bar = indicatif::ProgressBar::new(total);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                bar.set_message(label);
+                while !s.is_cancelled() {
+                    bar.set_position(counter.load(Ordering::Relaxed));
+                    tokio::select! {
+                        _ = s.cancelled() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+                bar.finish_and_clear();
+            } else {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = s.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let v = counter.load(Ordering::Relaxed);
+                    tracing::info!(
+                        "{label}: {} of {} ({:.0}%)",
+                        crate::units::human_bytes(v),
+                        crate::units::human_bytes(total),
+                        v as f64 * 100.0 / total.max(1) as f64
+                    );
+                }
+            }
+        });
+        Progress {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Stops and clears the display.
+    pub(crate) async fn finish(mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn create(a: CreateArgs) -> Result<()> {
+    let opts = BuildOptions {
+        announce: a.announce.clone(),
+        piece_length: a.piece_length.map(|s| s.0),
+        name: a.name.clone(),
+        align_files: a.align_files,
+        threads: a.threads,
+        comment: None,
+    };
+    let path = a.path.clone();
+    // Size the progress bar from a quick scan (metadata only).
+    let total: u64 = if path.is_dir() {
+        metainfo::scan(&path)
+            .map(|v| v.iter().map(|f| f.length).sum())
+            .unwrap_or(0)
+    } else {
+        std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
+    };
+    let progress = Arc::new(AtomicU64::new(0));
+    let bar = Progress::bytes(total, "hashing", progress.clone());
+    let started = std::time::Instant::now();
+    let p2 = progress.clone();
+    let built = tokio::task::spawn_blocking(move || metainfo::build(&path, &opts, &p2))
+        .await
+        .context("hashing task failed")?
+        .with_context(|| format!("cannot create a torrent of {}", a.path.display()))?;
+    bar.finish().await;
+    let out = a
+        .output
+        .unwrap_or_else(|| PathBuf::from(format!("{}.torrent", built.meta.name)));
+    write_atomically(&out, &built.bytes)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "wrote {}: {} files, {}, {} pieces of {}, hashed in {:.2}s ({:.0} MB/s)",
+        out.display(),
+        built.meta.data_files(),
+        crate::units::human_bytes(built.meta.data_length()),
+        built.meta.num_pieces(),
+        crate::units::human_bytes(built.meta.piece_length),
+        secs,
+        built.meta.data_length() as f64 / secs.max(1e-9) / 1e6
+    );
+    println!("{}", built.meta.info_hash);
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a
+/// reader never sees half a file.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct InspectFile {
+    path: Vec<String>,
+    length: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pad: bool,
+}
+
+#[derive(serde::Serialize)]
+struct InspectOut {
+    name: String,
+    info_hash: InfoHash,
+    piece_length: u64,
+    pieces: u32,
+    total_length: u64,
+    files: Vec<InspectFile>,
+    announce: Vec<String>,
+}
+
+fn inspect_out(m: &Metainfo) -> InspectOut {
+    InspectOut {
+        name: m.name.clone(),
+        info_hash: m.info_hash,
+        piece_length: m.piece_length,
+        pieces: m.num_pieces(),
+        total_length: m.total_length,
+        files: m
+            .files
+            .iter()
+            .map(|f| InspectFile {
+                path: f.path.clone(),
+                length: f.length,
+                pad: f.pad,
+            })
+            .collect(),
+        announce: m.announce.clone(),
+    }
+}
+
+async fn inspect(a: InspectArgs) -> Result<()> {
+    let http = reqwest::Client::new();
+    let (_, meta) = crate::source::load_torrent(&http, &a.torrent).await?;
+    println!("{}", serde_json::to_string_pretty(&inspect_out(&meta))?);
+    Ok(())
+}
+
+fn read_whitelist(path: &std::path::Path) -> Result<Vec<InfoHash>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read whitelist {}", path.display()))?;
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .enumerate()
+        .map(|(i, l)| {
+            l.parse::<InfoHash>()
+                .with_context(|| format!("{} line {}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+async fn tracker(a: TrackerArgs) -> Result<()> {
+    if a.interval == 0 {
+        bail!("--interval must be at least 1 second");
+    }
+    let cfg = TrackerConfig {
+        whitelist_only: a.whitelist.is_some(),
+        interval: Duration::from_secs(a.interval),
+        min_interval: Duration::from_secs(a.interval.min(10)),
+        ..TrackerConfig::default()
+    };
+    let tracker = Tracker::new(cfg);
+    if let Some(path) = &a.whitelist {
+        for h in read_whitelist(path)? {
+            tracker.register(h);
+        }
+    }
+    let shutdown = crate::shutdown::on_signal();
+    if let Some(path) = a.whitelist.clone() {
+        let t = tracker.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = hup.recv() => match read_whitelist(&path) {
+                        Ok(list) => {
+                            for h in &list { t.register(*h); }
+                            tracing::info!(entries = list.len(), "whitelist reloaded");
+                        }
+                        Err(e) => tracing::warn!("whitelist not reloaded: {e:#}"),
+                    },
+                }
+            }
+        });
+    }
+    tokio::spawn(tracker.clone().run_sweeper(shutdown.clone()));
+    let routes =
+        crate::tracker::routes(tracker).or(warp::any().map(crate::tracker::server::not_found));
+    use warp::Filter;
+    let stop = shutdown.clone();
+    let (addr, server) = warp::serve(routes)
+        .try_bind_with_graceful_shutdown(a.listen, async move { stop.cancelled().await })
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    tracing::info!("tracker listening on http://{addr}/announce");
+    server.await;
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! Loading a `.torrent` from a path or an `http://` URL, with a size cap.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::metainfo::{Metainfo, MetainfoError, MAX_TORRENT_BYTES};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("{0}: {1}")]
+    Http(String, reqwest::Error),
+    #[error("{0}: HTTP {1}")]
+    Status(String, u16),
+    #[error("{0}: larger than {MAX_TORRENT_BYTES} bytes")]
+    TooLarge(String),
+    #[error("{0}: {1}")]
+    Invalid(String, MetainfoError),
+}
+
+/// Reads a torrent's bytes from a file or URL and validates them.
+pub async fn load_torrent(
+    http: &reqwest::Client,
+    src: &str,
+) -> Result<(Vec<u8>, Metainfo), SourceError> {
+    let bytes = if src.starts_with("http://") || src.starts_with("https://") {
+        fetch_bytes(http, src).await?
+    } else {
+        let path = Path::new(src);
+        let len = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| SourceError::Io(src.into(), e))?
+            .len();
+        if len > MAX_TORRENT_BYTES as u64 {
+            return Err(SourceError::TooLarge(src.into()));
+        }
+        tokio::fs::read(path)
+            .await
+            .map_err(|e| SourceError::Io(src.into(), e))?
+    };
+    let meta = Metainfo::from_bytes(&bytes).map_err(|e| SourceError::Invalid(src.into(), e))?;
+    Ok((bytes, meta))
+}
+
+/// GETs a URL into memory, refusing bodies over the torrent size cap.
+pub async fn fetch_bytes(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, SourceError> {
+    let err = |e| SourceError::Http(url.into(), e);
+    let mut resp = http
+        .get(url)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(err)?;
+    if !resp.status().is_success() {
+        return Err(SourceError::Status(url.into(), resp.status().as_u16()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(err)? {
+        if body.len() + chunk.len() > MAX_TORRENT_BYTES {
+            return Err(SourceError::TooLarge(url.into()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
