@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::metainfo::{self, BuildOptions, InfoHash, Metainfo};
+use crate::swarm::{Engine, EngineConfig, Mode, SessionOptions};
 use crate::telemetry::LogFormat;
 use crate::tracker::{Tracker, TrackerConfig};
 use crate::units::ByteSize;
@@ -42,6 +43,10 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Run a standalone HTTP tracker (the one the master embeds).
     Tracker(TrackerArgs),
+    /// Verify data against a torrent, then seed it until interrupted.
+    Seed(SeedArgs),
+    /// Download a torrent (resuming verified pieces), optionally keep seeding.
+    Fetch(FetchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -88,11 +93,247 @@ pub struct TrackerArgs {
     pub interval: u64,
 }
 
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// A .torrent file or an http:// URL.
+    pub torrent: String,
+    /// Directory holding the data: seeds PARENT/<torrent name>.
+    #[arg(long, value_name = "PARENT")]
+    pub dir: PathBuf,
+    /// Peer port [default: 0.0.0.0:6881, or any free port if that is taken].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Upload limit in bytes/s (10M, 512K; 0 = unlimited).
+    #[arg(long, default_value = "0")]
+    pub upload_limit: ByteSize,
+    /// Also connect to this peer directly (repeatable).
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    pub peers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// A .torrent file or an http:// URL.
+    pub torrent: String,
+    /// Directory to download into: the data lands in PARENT/<torrent name>.
+    #[arg(long, value_name = "PARENT")]
+    pub dir: PathBuf,
+    /// Peer port [default: 0.0.0.0:6881, or any free port if that is taken].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Connect to this peer directly (repeatable; no tracker needed).
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    pub peers: Vec<String>,
+    /// Keep seeding after the download completes, until interrupted.
+    #[arg(long)]
+    pub seed: bool,
+    /// Download limit in bytes/s (0 = unlimited).
+    #[arg(long, default_value = "0")]
+    pub download_limit: ByteSize,
+    /// Upload limit in bytes/s (0 = unlimited).
+    #[arg(long, default_value = "0")]
+    pub upload_limit: ByteSize,
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Create(a) => create(a).await,
         Command::Inspect(a) => inspect(a).await,
         Command::Tracker(a) => tracker(a).await,
+        Command::Seed(a) => seed(a).await,
+        Command::Fetch(a) => fetch(a).await,
+    }
+}
+
+/// Resolves `HOST:PORT` strings (names allowed) to socket addresses.
+async fn resolve_peers(peers: &[String]) -> Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    for p in peers {
+        let addrs = tokio::net::lookup_host(p.as_str())
+            .await
+            .with_context(|| format!("cannot resolve peer {p:?} (expected HOST:PORT)"))?;
+        out.extend(addrs.take(1));
+    }
+    Ok(out)
+}
+
+/// Starts the engine on `listen`, or on 0.0.0.0:6881 falling back to any free port.
+async fn start_engine(listen: Option<SocketAddr>, up: u64, down: u64) -> Result<Engine> {
+    let cfg = |listen| EngineConfig {
+        listen,
+        upload_limit: up,
+        download_limit: down,
+    };
+    match listen {
+        Some(l) => Ok(Engine::start(cfg(l)).await?),
+        None => match Engine::start(cfg(([0, 0, 0, 0], 6881).into())).await {
+            Ok(e) => Ok(e),
+            Err(_) => {
+                tracing::info!("port 6881 is taken; using a free port");
+                Ok(Engine::start(cfg(([0, 0, 0, 0], 0).into())).await?)
+            }
+        },
+    }
+}
+
+async fn seed(a: SeedArgs) -> Result<()> {
+    let shutdown = crate::shutdown::on_signal();
+    let http = reqwest::Client::new();
+    let (_, meta) = crate::source::load_torrent(&http, &a.torrent).await?;
+    let root = meta.root_path(&a.dir);
+    if !root.exists() {
+        bail!("{} does not exist: nothing to seed", root.display());
+    }
+    let peers = resolve_peers(&a.peers).await?;
+    let engine = start_engine(a.listen, a.upload_limit.0, 0).await?;
+    let meta = Arc::new(meta);
+    let opts = SessionOptions {
+        peers,
+        require_complete: true,
+        mode: Mode::ReadOnly,
+        ..SessionOptions::default()
+    };
+    let session = engine.add(meta.clone(), a.dir.clone(), opts)?;
+    tracing::info!("checking {} against {}", root.display(), meta.info_hash);
+    tokio::select! {
+        r = session.wait_checked() => if let Err(e) = r {
+            engine.shutdown().await;
+            bail!("refusing to seed {}: {e}", root.display());
+        },
+        _ = shutdown.cancelled() => { engine.shutdown().await; return Ok(()); }
+    }
+    tracing::info!(
+        port = engine.local_addr().port(),
+        "seeding {} ({})",
+        meta.name,
+        meta.info_hash
+    );
+    println!("{}", meta.info_hash);
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                let p = session.progress().borrow().clone();
+                tracing::info!(peers = p.peers, uploaded = p.uploaded, rate = p.upload_rate, "seeding");
+            }
+        }
+    }
+    engine.shutdown().await;
+    Ok(())
+}
+
+async fn fetch(a: FetchArgs) -> Result<()> {
+    let shutdown = crate::shutdown::on_signal();
+    let http = reqwest::Client::new();
+    let (_, meta) = crate::source::load_torrent(&http, &a.torrent).await?;
+    std::fs::create_dir_all(&a.dir)
+        .with_context(|| format!("cannot create {}", a.dir.display()))?;
+    let peers = resolve_peers(&a.peers).await?;
+    if peers.is_empty() && !meta.announce.iter().any(|u| u.starts_with("http")) {
+        bail!("the torrent names no HTTP tracker; give peers with --peer HOST:PORT");
+    }
+    let engine = start_engine(a.listen, a.upload_limit.0, a.download_limit.0).await?;
+    let meta = Arc::new(meta);
+    let opts = SessionOptions {
+        peers,
+        ..SessionOptions::default()
+    };
+    let session = engine.add(meta.clone(), a.dir.clone(), opts)?;
+    let started = std::time::Instant::now();
+    let display = FetchDisplay::start(session.progress());
+    let outcome = tokio::select! {
+        r = session.wait_complete() => r.map_err(anyhow::Error::msg),
+        _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted")),
+    };
+    display.finish().await;
+    let p = session.progress().borrow().clone();
+    match outcome {
+        Ok(()) => {
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(
+                "complete: {} in {:.1}s ({:.1} MB/s), {} received over the network, {} hash failures",
+                meta.root_path(&a.dir).display(),
+                secs,
+                p.downloaded as f64 / secs.max(1e-9) / 1e6,
+                crate::units::human_bytes(p.downloaded),
+                p.hash_failures
+            );
+            if a.seed {
+                tracing::info!("seeding until interrupted");
+                shutdown.cancelled().await;
+            }
+            engine.shutdown().await;
+            Ok(())
+        }
+        Err(e) => {
+            engine.shutdown().await;
+            Err(e.context(format!(
+                "download incomplete ({} of {} pieces verified; run again to resume)",
+                p.pieces_have, p.pieces_total
+            )))
+        }
+    }
+}
+
+/// Progress of a download: a bar on a terminal, a log line every 5 s otherwise.
+struct FetchDisplay {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FetchDisplay {
+    fn start(mut rx: tokio::sync::watch::Receiver<crate::swarm::Progress>) -> FetchDisplay {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let tty = std::io::stderr().is_terminal();
+            let total = rx.borrow().bytes_total;
+            let bar = tty.then(|| {
+                let b = indicatif::ProgressBar::new(total);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{spinner} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg} eta {eta}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                b
+            });
+            let mut last_log = std::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = s.cancelled() => break,
+                    r = rx.changed() => if r.is_err() { break },
+                }
+                let p = rx.borrow_and_update().clone();
+                if let Some(b) = &bar {
+                    b.set_position(p.bytes_have);
+                    b.set_message(format!("{} peers", p.peers));
+                } else if last_log.elapsed() >= Duration::from_secs(5) {
+                    last_log = std::time::Instant::now();
+                    tracing::info!(
+                        "{:?}: {} of {} ({:.0}%), {}/s, {} peers",
+                        p.state,
+                        crate::units::human_bytes(p.bytes_have),
+                        crate::units::human_bytes(p.bytes_total),
+                        p.bytes_have as f64 * 100.0 / p.bytes_total.max(1) as f64,
+                        crate::units::human_bytes(p.download_rate),
+                        p.peers
+                    );
+                }
+            }
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+        });
+        FetchDisplay { stop, task }
+    }
+
+    async fn finish(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
     }
 }
 

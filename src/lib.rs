@@ -12,8 +12,11 @@
 //! - [`cli`]: subcommands → library calls.
 pub mod cli;
 pub mod metainfo;
+pub mod peer;
 pub mod shutdown;
 pub mod source;
+pub mod storage;
+pub mod swarm;
 pub mod telemetry;
 pub mod tracker;
 pub mod units;

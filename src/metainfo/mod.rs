@@ -137,6 +137,11 @@ impl Metainfo {
         layout::piece_len(self.piece_length, self.total_length, index)
     }
 
+    /// Length of piece `index` for a torrent of `total` bytes cut at `piece_length`.
+    pub fn piece_len_of(piece_length: u64, total: u64, index: u32) -> u64 {
+        layout::piece_len(piece_length, total, index)
+    }
+
     /// Where the data of this torrent lives under `parent`.
     pub fn root_path(&self, parent: &Path) -> PathBuf {
         parent.join(&self.name)

@@ -1,0 +1,323 @@
+//! Storage: a torrent's pieces on disk, as the files the torrent lists.
+//!
+//! Deliberately synchronous: every method here blocks and is called from
+//! `spawn_blocking` (or a hashing thread), never from an async task. Reads
+//! and writes are positional (`pread`/`pwrite`) on shared file handles, so
+//! no lock is held during I/O; the per-file mutex only guards opening.
+//!
+//! Files are created on first write, sized to their final length (sparse).
+//! Padding files (BEP 47) are virtual: reads return zeros, writes skip them,
+//! nothing is ever created for them. Empty files hold no piece and are
+//! created by [`Storage::finalize`].
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::metainfo::{verify_pieces, Metainfo, PieceSource};
+use crate::peer::codec::BlockRef;
+use crate::peer::connection::BlockReader;
+
+/// Open file handles beyond this are closed when idle (Lucene indexes can
+/// have thousands of files; the default descriptor limit is 1024).
+const MAX_OPEN_FILES: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Seed existing data; never create or modify anything.
+    ReadOnly,
+    ReadWrite,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("storage is read-only")]
+    ReadOnly,
+    #[error("read past the end of the torrent")]
+    OutOfRange,
+}
+
+impl StorageError {
+    /// True for errors that retrying will not fix soon (a full disk, no permission).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StorageError::Io { source, .. } if source.raw_os_error() == Some(28))
+    }
+}
+
+struct Slot {
+    path: PathBuf,
+    length: u64,
+    pad: bool,
+    handle: Mutex<Option<Arc<File>>>,
+    /// Written since the last sync.
+    dirty: AtomicBool,
+}
+
+pub struct Storage {
+    meta: Arc<Metainfo>,
+    parent: PathBuf,
+    mode: Mode,
+    slots: Vec<Slot>,
+    open: AtomicUsize,
+}
+
+impl Storage {
+    /// Storage for `meta` under `parent` (data lives at `parent/<name>`).
+    pub fn new(meta: Arc<Metainfo>, parent: &Path, mode: Mode) -> Storage {
+        let slots = meta
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Slot {
+                path: meta.file_path(parent, i),
+                length: f.length,
+                pad: f.pad,
+                handle: Mutex::new(None),
+                dirty: AtomicBool::new(false),
+            })
+            .collect();
+        Storage {
+            meta,
+            parent: parent.to_path_buf(),
+            mode,
+            slots,
+            open: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn meta(&self) -> &Arc<Metainfo> {
+        &self.meta
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.meta.root_path(&self.parent)
+    }
+
+    fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
+        move |source| StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn handle(&self, index: usize, write: bool) -> Result<Arc<File>, StorageError> {
+        let slot = &self.slots[index];
+        let mut guard = slot.handle.lock();
+        if let Some(h) = guard.as_ref() {
+            return Ok(h.clone());
+        }
+        let file = match (self.mode, write) {
+            (Mode::ReadOnly, true) => return Err(StorageError::ReadOnly),
+            (Mode::ReadOnly, false) => File::open(&slot.path).map_err(Self::io_err(&slot.path))?,
+            (Mode::ReadWrite, _) => {
+                if let Some(dir) = slot.path.parent() {
+                    std::fs::create_dir_all(dir).map_err(Self::io_err(dir))?;
+                }
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&slot.path)
+                    .map_err(Self::io_err(&slot.path))?;
+                let len = f.metadata().map_err(Self::io_err(&slot.path))?.len();
+                if len != slot.length {
+                    f.set_len(slot.length).map_err(Self::io_err(&slot.path))?;
+                }
+                f
+            }
+        };
+        let file = Arc::new(file);
+        *guard = Some(file.clone());
+        drop(guard);
+        if self.open.fetch_add(1, Ordering::Relaxed) + 1 > MAX_OPEN_FILES {
+            self.close_idle();
+        }
+        Ok(file)
+    }
+
+    /// Closes handles nobody is using right now.
+    fn close_idle(&self) {
+        for slot in &self.slots {
+            if let Some(mut g) = slot.handle.try_lock() {
+                if g.as_ref().is_some_and(|h| Arc::strong_count(h) == 1) {
+                    *g = None;
+                    self.open.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Reads `buf.len()` bytes at torrent offset `offset` (padding reads as zeros).
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        if offset + buf.len() as u64 > self.meta.total_length {
+            return Err(StorageError::OutOfRange);
+        }
+        for span in self.meta.spans(offset, buf.len() as u64) {
+            let out = &mut buf[span.buf_offset as usize..(span.buf_offset + span.len) as usize];
+            let slot = &self.slots[span.file];
+            if slot.pad {
+                out.fill(0);
+                continue;
+            }
+            let h = self.handle(span.file, false)?;
+            h.read_exact_at(out, span.file_offset)
+                .map_err(Self::io_err(&slot.path))?;
+        }
+        Ok(())
+    }
+
+    /// Writes a whole verified piece: one `pwrite` per file it touches.
+    pub fn write_piece(&self, piece: u32, data: &[u8]) -> Result<(), StorageError> {
+        let offset = piece as u64 * self.meta.piece_length;
+        for span in self.meta.spans(offset, data.len() as u64) {
+            let slot = &self.slots[span.file];
+            if slot.pad {
+                continue;
+            }
+            let h = self.handle(span.file, true)?;
+            let part = &data[span.buf_offset as usize..(span.buf_offset + span.len) as usize];
+            h.write_all_at(part, span.file_offset)
+                .map_err(Self::io_err(&slot.path))?;
+            slot.dirty.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Which pieces on disk match the torrent. Uses `threads` hashing threads.
+    pub fn verify(
+        &self,
+        threads: usize,
+        progress: &AtomicU64,
+        cancel: &AtomicBool,
+    ) -> Option<Vec<bool>> {
+        let src = PieceSource {
+            files: &self.meta.files,
+            paths: self.slots.iter().map(|s| s.path.clone()).collect(),
+            piece_length: self.meta.piece_length,
+            total_length: self.meta.total_length,
+        };
+        verify_pieces(&src, &self.meta.pieces, threads, progress, cancel)
+    }
+
+    /// Creates empty files, then fsyncs every written file and the
+    /// directories that hold them. After this returns, a crash cannot lose
+    /// the data.
+    pub fn finalize(&self) -> Result<(), StorageError> {
+        if self.mode == Mode::ReadOnly {
+            return Ok(());
+        }
+        let mut dirs = std::collections::BTreeSet::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            if slot.pad {
+                continue;
+            }
+            if slot.length == 0 || !slot.path.exists() {
+                // Creates the file at its (zero) length.
+                self.handle(i, true)?;
+                slot.dirty.store(true, Ordering::Relaxed);
+            }
+            if slot.dirty.swap(false, Ordering::Relaxed) {
+                let h = self.handle(i, true)?;
+                h.sync_all().map_err(Self::io_err(&slot.path))?;
+            }
+            if let Some(d) = slot.path.parent() {
+                dirs.insert(d.to_path_buf());
+            }
+        }
+        for d in dirs {
+            sync_dir(&d)?;
+        }
+        Ok(())
+    }
+
+    /// Drops every open handle (before the directory is renamed or deleted).
+    pub fn close_all(&self) {
+        for slot in &self.slots {
+            if slot.handle.lock().take().is_some() {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// fsyncs a directory so that entries created or renamed in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StorageError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+impl BlockReader for Storage {
+    fn read_block(&self, block: &BlockRef, dst: &mut [u8]) -> io::Result<()> {
+        let offset = block.piece as u64 * self.meta.piece_length + block.begin as u64;
+        self.read(offset, dst).map_err(|e| match e {
+            StorageError::Io { source, .. } => source,
+            other => io::Error::other(other.to_string()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metainfo::{build, BuildOptions};
+
+    #[test]
+    fn writes_pieces_reads_back_and_never_writes_padding() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src/snap");
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::write(src.join("a"), vec![1u8; 20_000]).unwrap();
+        std::fs::write(src.join("d/b"), vec![2u8; 40_000]).unwrap();
+        std::fs::write(src.join("e"), b"").unwrap();
+        let opts = BuildOptions {
+            piece_length: Some(16384),
+            align_files: true,
+            ..Default::default()
+        };
+        let built = build(&src, &opts, &AtomicU64::new(0)).unwrap();
+        let meta = Arc::new(built.meta);
+
+        let reader = Storage::new(meta.clone(), &tmp.path().join("src"), Mode::ReadOnly);
+        let dst = tmp.path().join("dst");
+        let writer = Storage::new(meta.clone(), &dst, Mode::ReadWrite);
+        let mut buf = vec![0u8; meta.piece_length as usize];
+        for p in 0..meta.num_pieces() {
+            let len = meta.piece_len(p) as usize;
+            reader
+                .read(p as u64 * meta.piece_length, &mut buf[..len])
+                .unwrap();
+            writer.write_piece(p, &buf[..len]).unwrap();
+        }
+        writer.finalize().unwrap();
+        assert_eq!(
+            std::fs::read(dst.join("snap/a")).unwrap(),
+            vec![1u8; 20_000]
+        );
+        assert_eq!(
+            std::fs::read(dst.join("snap/d/b")).unwrap(),
+            vec![2u8; 40_000]
+        );
+        assert_eq!(std::fs::read(dst.join("snap/e")).unwrap(), b"");
+        assert!(!dst.join("snap/.pad").exists());
+        let ok = writer
+            .verify(2, &AtomicU64::new(0), &AtomicBool::new(false))
+            .unwrap();
+        assert!(ok.iter().all(|&b| b));
+        assert!(matches!(
+            reader.write_piece(0, &buf),
+            Err(StorageError::ReadOnly)
+        ));
+    }
+}
