@@ -176,6 +176,9 @@ impl Storage {
 
     /// Writes a whole verified piece: one `pwrite` per file it touches.
     pub fn write_piece(&self, piece: u32, data: &[u8]) -> Result<(), StorageError> {
+        if self.mode == Mode::ReadOnly {
+            return Err(StorageError::ReadOnly);
+        }
         let offset = piece as u64 * self.meta.piece_length;
         for span in self.meta.spans(offset, data.len() as u64) {
             let slot = &self.slots[span.file];
