@@ -93,7 +93,7 @@ impl Default for SessionOptions {
             download_limit: 0,
             upload_slots: 8,
             max_peers: 60,
-            memory_budget: 32 << 20,
+            memory_budget: 24 << 20,
         }
     }
 }

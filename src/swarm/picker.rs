@@ -108,6 +108,10 @@ impl Picker {
         &self.have
     }
 
+    pub fn active_count(&self) -> usize {
+        self.active.len()
+    }
+
     pub fn is_complete(&self) -> bool {
         self.have.is_full()
     }
@@ -190,7 +194,8 @@ impl Picker {
         }
         // 2. New pieces, rarest first.
         while out.len() - start_len < want {
-            let hard_max = self.max_active * 2;
+            // A peer with nothing to do may open a few pieces past the budget.
+            let hard_max = self.max_active + 8;
             if self.active.len() >= self.max_active
                 && (out.len() > start_len || self.active.len() >= hard_max)
             {

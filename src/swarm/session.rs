@@ -1009,6 +1009,11 @@ impl Session {
         let mut out = Vec::with_capacity(deficit);
         picker.pick(key, &p.has, deficit, &mut out);
         if out.is_empty() {
+            tracing::trace!(
+                inflight = have,
+                active = picker.active_count(),
+                "nothing to request"
+            );
             return;
         }
         p.inflight.extend(out.iter().copied());
@@ -1019,9 +1024,11 @@ impl Session {
         let s = self.clone();
         self.tasks.spawn(
             async move {
+                let t0 = std::time::Instant::now();
                 let Ok(permit) = s.engine.hash_sem.clone().acquire_owned().await else {
                     return;
                 };
+                let t1 = t0.elapsed();
                 let storage = s.storage.clone();
                 let expected = s.meta.pieces[piece as usize];
                 let r = tokio::task::spawn_blocking(move || {
@@ -1035,6 +1042,12 @@ impl Session {
                 })
                 .await;
                 drop(permit);
+                tracing::trace!(
+                    piece,
+                    wait_us = t1.as_micros() as u64,
+                    total_us = t0.elapsed().as_micros() as u64,
+                    "verified"
+                );
                 match r {
                     Ok((ok, Ok(()), buf)) => s.on_verified(piece, ok, buf),
                     Ok((_, Err(e), _)) => s.fail(format!("cannot write piece {piece}: {e}")),
@@ -1063,9 +1076,12 @@ impl Session {
                         p.send(Outgoing::Msg(Message::Have(piece)));
                     }
                 }
+                // A finished piece frees a buffer: pipelines that stalled on
+                // the active-piece limit can move again.
                 let keys: Vec<PeerKey> = st.peers.keys().copied().collect();
                 for k in keys {
                     self.update_interest(st, k);
+                    self.refill(st, k);
                 }
             } else {
                 st.hash_failures += 1;
@@ -1159,6 +1175,17 @@ impl Session {
                         .clamp(MIN_DEPTH, MAX_DEPTH)
                         .max(p.depth.min(INITIAL_DEPTH));
                 }
+                tracing::trace!(
+                    peer = %p.addr,
+                    down_rate = p.down_rate,
+                    up_rate = p.up_rate,
+                    depth = p.depth,
+                    inflight = p.inflight.len(),
+                    queued_uploads = p.writer.queued_uploads.load(Ordering::Relaxed),
+                    choked = p.peer_choking,
+                    interested = p.am_interested,
+                    "peer tick"
+                );
                 if !p.inflight.is_empty() && now.duration_since(p.last_block) > SNUB_AFTER {
                     snubbed.push(*k);
                 }
@@ -1174,6 +1201,13 @@ impl Session {
                     p.depth = 1;
                     p.last_block = now;
                 }
+            }
+            if let Some(picker) = st.picker.as_ref() {
+                tracing::trace!(
+                    active = picker.active_count(),
+                    have = picker.have().count(),
+                    "session tick"
+                );
             }
             if st.ticks % RECHOKE_EVERY == 1 {
                 self.rechoke(st, st.ticks % OPTIMISTIC_EVERY == 1);
