@@ -496,7 +496,7 @@ mod tests {
         rejects(torrent(vec![(vec!["a\0b"], 1)], 8, 1, "x"), "NUL");
         rejects(torrent(vec![(vec!["C:"], 1)], 8, 1, "x"), "drive");
         rejects(torrent(vec![(vec![], 1)], 8, 1, "x"), "empty path");
-        let deep: Vec<&str> = std::iter::repeat("d").take(65).collect();
+        let deep: Vec<&str> = std::iter::repeat_n("d", 65).collect();
         rejects(torrent(vec![(deep, 1)], 8, 1, "x"), "nests deeper");
     }
 
@@ -560,7 +560,7 @@ mod tests {
     #[test]
     fn rejects_deep_nesting() {
         let mut t = b"d1:x".to_vec();
-        t.extend(std::iter::repeat(b'l').take(100_000));
+        t.extend(std::iter::repeat_n(b'l', 100_000));
         rejects(t, "bencode");
     }
 

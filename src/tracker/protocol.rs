@@ -56,7 +56,10 @@ pub struct AnnounceRequest {
 }
 
 /// Splits a raw query string into percent-decoded byte pairs.
-pub fn decode_query(raw: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+/// A decoded query: (key, value) byte pairs.
+pub type QueryPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+pub fn decode_query(raw: &str) -> Result<QueryPairs, String> {
     if raw.len() > MAX_QUERY_BYTES {
         return Err("query string too long".into());
     }
@@ -286,7 +289,7 @@ pub struct ScrapeEntry {
 
 pub fn encode_scrape(entries: &[(InfoHash, ScrapeEntry)]) -> Vec<u8> {
     let mut sorted: Vec<_> = entries.to_vec();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    sorted.sort_by_key(|a| a.0);
     sorted.dedup_by(|a, b| a.0 == b.0);
     let mut e = Encoder::new();
     let r = e.emit_with(|e: SingleItemEncoder| {

@@ -295,7 +295,7 @@ pub fn routes(
     let t = tracker.clone();
     let announce = warp::path!("announce")
         .and(warp::get())
-        .and(raw_query.clone())
+        .and(raw_query)
         .and(remote)
         .map(move |q: String, remote: Option<SocketAddr>| {
             let body = match AnnounceRequest::from_query(&q) {
