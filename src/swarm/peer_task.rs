@@ -51,7 +51,12 @@ pub(crate) async fn run(
             Err(_) => break format!("idle for {}s", IDLE_TIMEOUT.as_secs()),
             Ok(None) => break "peer closed the connection".to_string(),
             Ok(Some(Err(e))) => break format!("protocol error: {e}"),
-            Ok(Some(Ok(m))) => m,
+            Ok(Some(Ok(m))) => {
+                if !matches!(m, Message::Piece { .. } | Message::Request(_)) {
+                    tracing::trace!(?m, "received");
+                }
+                m
+            }
         };
         if let Message::Piece { data, .. } = &msg {
             let limiters = session.down_limiters();

@@ -137,6 +137,7 @@ impl Picker {
         self.pads.iter().any(|&(s, e)| s <= start && end <= e)
     }
 
+    #[cfg(test)]
     pub fn peer_added(&mut self, has: &Bitfield) {
         for i in has.ones() {
             self.availability[i as usize] += 1;
@@ -448,11 +449,6 @@ impl Picker {
             }
         }
         contributors
-    }
-
-    /// Pieces that the peer has and we lack.
-    pub fn interesting(&self, has: &Bitfield) -> u32 {
-        has.ones().filter(|&p| !self.have.get(p)).count() as u32
     }
 
     #[cfg(test)]

@@ -97,7 +97,6 @@ pub(crate) struct PeerState {
     tx: mpsc::UnboundedSender<Outgoing>,
     kill: CancellationToken,
     has: Bitfield,
-    got_first: bool,
     fast: bool,
     am_choking: bool,
     am_interested: bool,
@@ -670,7 +669,6 @@ impl Session {
                     tx: tx.clone(),
                     kill: kill.clone(),
                     has: Bitfield::new(self.meta.num_pieces()),
-                    got_first: false,
                     fast,
                     am_choking: true,
                     am_interested: false,
@@ -800,29 +798,37 @@ impl Session {
             let Some(p) = st.peers.get_mut(&key) else {
                 return Err("gone".into());
             };
-            let first = !p.got_first;
-            p.got_first = true;
             match msg {
                 Message::KeepAlive
                 | Message::Port(_)
                 | Message::Suggest(_)
                 | Message::AllowedFast(_)
                 | Message::Unknown(_) => {}
-                Message::Bitfield(_) | Message::HaveAll | Message::HaveNone if !first => {
-                    return Err("piece map sent after other messages".into());
-                }
                 Message::HaveAll | Message::HaveNone if !p.fast => {
                     return Err("fast-extension message without the fast extension".into());
                 }
+                // BEP 3 wants the piece map first, but aria2 sends `have`s
+                // and then a bitfield; merging keeps us interoperable.
                 Message::Bitfield(bytes) => {
-                    p.has = Bitfield::from_bytes(&bytes, n);
-                    picker.peer_added(&p.has);
-                    p.interesting = picker.interesting(&p.has);
+                    let incoming = Bitfield::from_bytes(&bytes, n);
+                    for i in incoming.ones() {
+                        if p.has.set(i) {
+                            picker.peer_has(i);
+                            if !picker.have().get(i) {
+                                p.interesting += 1;
+                            }
+                        }
+                    }
                 }
                 Message::HaveAll => {
-                    p.has = Bitfield::full(n);
-                    picker.peer_added(&p.has);
-                    p.interesting = picker.interesting(&p.has);
+                    for i in 0..n {
+                        if p.has.set(i) {
+                            picker.peer_has(i);
+                            if !picker.have().get(i) {
+                                p.interesting += 1;
+                            }
+                        }
+                    }
                 }
                 Message::HaveNone => {}
                 Message::Have(i) => {
