@@ -1,0 +1,316 @@
+//! Helpers shared by the integration tests: real processes, real sockets,
+//! conditions waited on with deadlines (never fixed sleeps).
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `indexswarm` binary Cargo built for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_indexswarm"))
+}
+
+pub fn cmd() -> Command {
+    let mut c = Command::new(bin());
+    c.env("RUST_LOG", "info");
+    c
+}
+
+/// The libtorrent helper script (run with Debian's python3).
+pub fn lt_peer() -> Command {
+    let mut c = Command::new("/usr/bin/python3");
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/peers/lt_peer.py"));
+    c
+}
+
+/// Fails loudly when a reference tool is missing: `.ci/run` installs them.
+pub fn need(tool: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "{tool} is not installed; run .ci/run (it installs the reference peers)"
+    );
+}
+
+pub fn need_libtorrent() {
+    let ok = Command::new("/usr/bin/python3")
+        .args(["-c", "import libtorrent"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "python3-libtorrent is not installed; run .ci/run");
+}
+
+/// A port that was free a moment ago (for tools that need a number up front).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A child process killed (and reaped) when dropped, with its output in files.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub name: String,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut c: Command, logs: &Path) -> Proc {
+        fs::create_dir_all(logs).unwrap();
+        let stdout = logs.join(format!("{name}.out"));
+        let stderr = logs.join(format!("{name}.err"));
+        c.stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap());
+        let child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child,
+            name: name.into(),
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn stdout_text(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// Exit status if it has exited.
+    pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits for exit within `limit`; panics (with the logs) otherwise.
+    pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.try_status() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not exit within {limit:?}\nstderr:\n{}",
+                    self.name,
+                    tail(&self.stderr_text())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a signal (e.g. `libc`-free: via the kill command).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Polls `f` every 50 ms until it returns true; panics after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a command to completion and returns its output (no status check).
+pub fn run(mut c: Command) -> Output {
+    c.output().expect("command runs")
+}
+
+/// Runs a command and asserts it succeeded.
+pub fn run_ok(c: Command) -> Output {
+    let desc = format!("{c:?}");
+    let out = run(c);
+    assert!(
+        out.status.success(),
+        "{desc} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        tail(&String::from_utf8_lossy(&out.stderr))
+    );
+    out
+}
+
+pub fn stdout_last_line(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), fast enough for hundreds of MB.
+pub fn fill(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes files (relative path, size) under `root` with content from `seed`.
+pub fn write_tree(root: &Path, files: &[(&str, usize)], seed: u64) {
+    for (i, (rel, len)) in files.iter().enumerate() {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, fill(seed.wrapping_add(i as u64 * 7919), *len)).unwrap();
+    }
+}
+
+/// The interop tree from issue 3: nested directories, an empty file, a file
+/// smaller than a block and one larger than several pieces.
+pub fn interop_tree(root: &Path, seed: u64) {
+    write_tree(
+        root,
+        &[
+            ("segments_1", 300),
+            ("_0.cfs", 3_000_000),
+            ("_0.si", 9),
+            ("deep/er/still/_1.fdt", 1_200_000),
+            ("deep/_1.fdx", 70_000),
+            ("tiny", 1),
+        ],
+        seed,
+    );
+    fs::write(root.join("deep/er/empty"), b"").unwrap();
+}
+
+/// Relative paths and contents of every regular file under `root`, ignoring
+/// `.pad` directories (aria2 materialises BEP 47 padding; we never do).
+pub fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == ".pad" {
+                continue;
+            }
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                let mut data = Vec::new();
+                fs::File::open(&p).unwrap().read_to_end(&mut data).unwrap();
+                out.push((
+                    p.strip_prefix(base).unwrap().to_string_lossy().into_owned(),
+                    data,
+                ));
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Asserts two directory trees hold the same files with the same bytes.
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    let a = tree(expected);
+    let b = tree(actual);
+    let names = |t: &[(String, Vec<u8>)]| t.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&a),
+        names(&b),
+        "file lists differ: {} vs {}",
+        expected.display(),
+        actual.display()
+    );
+    for ((n, x), (_, y)) in a.iter().zip(b.iter()) {
+        assert!(
+            x == y,
+            "{n} differs between {} and {}",
+            expected.display(),
+            actual.display()
+        );
+    }
+}
+
+/// A directory for one test, removed at the end unless KEEP_TEST_DIRS is set.
+pub fn test_dir(name: &str) -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix(&format!("isw-{name}-"))
+        .tempdir()
+        .unwrap();
+    if std::env::var_os("KEEP_TEST_DIRS").is_some() {
+        eprintln!("test dir: {}", d.path().display());
+    }
+    d
+}
+
+/// Starts `indexswarm tracker` on a free port; returns the process and the announce URL.
+pub fn start_tracker(logs: &Path, extra: &[&str]) -> (Proc, String) {
+    let port = free_port();
+    let mut c = cmd();
+    c.args(["tracker", "--listen", &format!("127.0.0.1:{port}")])
+        .args(extra);
+    let p = Proc::spawn(&format!("tracker-{port}"), c, logs);
+    let url = format!("http://127.0.0.1:{port}/announce");
+    wait_until(Duration::from_secs(20), "tracker to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (p, url)
+}
+
+pub fn aria2_common(port: u16) -> Vec<String> {
+    [
+        "--enable-dht=false",
+        "--enable-dht6=false",
+        "--bt-enable-lpd=false",
+        "--enable-peer-exchange=false",
+        "--file-allocation=none",
+        "--summary-interval=0",
+        "--console-log-level=warn",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("--listen-port={port}")])
+    .collect()
+}

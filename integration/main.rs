@@ -1,0 +1,7 @@
+//! End-to-end and interop tests: the real `indexswarm` binary against real
+//! peers (aria2, python3-libtorrent, opentracker, mktorrent) on loopback.
+//! `.ci/run` installs the reference tools; a missing tool fails its test.
+
+mod common;
+mod torrents;
+mod tracker;
