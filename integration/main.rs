@@ -3,5 +3,6 @@
 //! `.ci/run` installs the reference tools; a missing tool fails its test.
 
 mod common;
+mod interop;
 mod torrents;
 mod tracker;

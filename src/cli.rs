@@ -46,6 +46,7 @@ pub enum Command {
     /// Verify data against a torrent, then seed it until interrupted.
     Seed(SeedArgs),
     /// Download a torrent (resuming verified pieces), optionally keep seeding.
+    /// Prints a JSON summary (bytes downloaded, resumed, seconds) on stdout when complete.
     Fetch(FetchArgs),
 }
 
@@ -259,6 +260,18 @@ async fn fetch(a: FetchArgs) -> Result<()> {
                 p.downloaded as f64 / secs.max(1e-9) / 1e6,
                 crate::units::human_bytes(p.downloaded),
                 p.hash_failures
+            );
+            println!(
+                "{}",
+                serde_json::json!({
+                    "info_hash": meta.info_hash,
+                    "path": meta.root_path(&a.dir),
+                    "bytes_total": p.bytes_total,
+                    "bytes_resumed": p.bytes_resumed,
+                    "downloaded": p.downloaded,
+                    "seconds": secs,
+                    "hash_failures": p.hash_failures,
+                })
             );
             if a.seed {
                 tracing::info!("seeding until interrupted");

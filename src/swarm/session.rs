@@ -64,6 +64,8 @@ pub struct Progress {
     pub pieces_total: u32,
     /// Verified bytes (pieces had × their length).
     pub bytes_have: u64,
+    /// Verified bytes found on disk when the session started (resume).
+    pub bytes_resumed: u64,
     pub bytes_total: u64,
     /// Payload received from the network (including duplicates and waste).
     pub downloaded: u64,
@@ -154,6 +156,7 @@ pub(crate) struct SwarmState {
     ticks: u64,
     state: SessionState,
     hash_failures: u32,
+    resumed: u64,
     download_rate: u64,
     upload_rate: u64,
     prev_down: u64,
@@ -204,6 +207,7 @@ impl Session {
             peers: 0,
             hash_failures: 0,
             complete: false,
+            bytes_resumed: 0,
         });
         let (stats_tx, _) = watch::channel(TransferStats {
             uploaded: 0,
@@ -236,6 +240,7 @@ impl Session {
                 ticks: 0,
                 state: SessionState::Checking,
                 hash_failures: 0,
+                resumed: 0,
                 download_rate: 0,
                 upload_rate: 0,
                 prev_down: 0,
@@ -413,6 +418,7 @@ impl Session {
             peers: st.peers.len(),
             hash_failures: st.hash_failures,
             complete: st.state == SessionState::Seeding,
+            bytes_resumed: st.resumed,
         };
         drop(st);
         self.stats_tx.send_replace(TransferStats {
@@ -466,6 +472,7 @@ impl Session {
         let complete = have.is_full();
         {
             let mut st = self.state.lock();
+            st.resumed = have.ones().map(|i| self.meta.piece_len(i)).sum();
             st.picker = Some(Picker::new(&self.meta, have, self.opts.memory_budget));
             st.state = if complete {
                 SessionState::Seeding
