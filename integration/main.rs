@@ -3,6 +3,7 @@
 //! `.ci/run` installs the reference tools; a missing tool fails its test.
 
 mod common;
+mod hostile;
 mod interop;
 mod torrents;
 mod tracker;
