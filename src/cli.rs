@@ -45,6 +45,8 @@ pub enum Command {
     Tracker(TrackerArgs),
     /// Verify data against a torrent, then seed it until interrupted.
     Seed(SeedArgs),
+    /// Run the master sidecar: publish each complete snapshot directory as a version.
+    Master(MasterArgs),
     /// Download a torrent (resuming verified pieces), optionally keep seeding.
     /// Prints a JSON summary (bytes downloaded, resumed, seconds) on stdout when complete.
     Fetch(FetchArgs),
@@ -92,6 +94,19 @@ pub struct TrackerArgs {
     /// Announce interval in seconds that clients are asked to keep.
     #[arg(long, default_value_t = 60)]
     pub interval: u64,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Every setting can also come from the [master] section of the config file \
+    or from INDEXSWARM_MASTER_<KEY>; flags win over the environment, which wins over the file."
+)]
+pub struct MasterArgs {
+    /// TOML file with a [master] section (see config/master.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: crate::config::RawMaster,
 }
 
 #[derive(Debug, Args)]
@@ -143,7 +158,33 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tracker(a) => tracker(a).await,
         Command::Seed(a) => seed(a).await,
         Command::Fetch(a) => fetch(a).await,
+        Command::Master(a) => master(a).await,
     }
+}
+
+async fn master(a: MasterArgs) -> Result<()> {
+    let file = match &a.config {
+        Some(p) => crate::config::ConfigFile::load(p)?.master,
+        None => crate::config::RawMaster::default(),
+    };
+    let cfg = file.overlay(a.settings).validate()?;
+    let shutdown = crate::shutdown::on_signal();
+    let master = crate::master::Master::start(cfg.clone())
+        .await
+        .context("cannot start the master")?;
+    let (addr, server) = crate::http::serve(
+        crate::http::master::routes(master.clone()),
+        cfg.http_listen,
+        shutdown.clone(),
+    )?;
+    tracing::info!(
+        "master API and tracker on http://{addr} (public URL {})",
+        cfg.public_url
+    );
+    let server = tokio::spawn(server);
+    master.run(shutdown).await;
+    let _ = server.await;
+    Ok(())
 }
 
 /// Resolves `HOST:PORT` strings (names allowed) to socket addresses.

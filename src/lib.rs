@@ -11,6 +11,9 @@
 //! - [`telemetry`], [`shutdown`]: logging and the signal → cancellation path.
 //! - [`cli`]: subcommands → library calls.
 pub mod cli;
+pub mod config;
+pub mod http;
+pub mod master;
 pub mod metainfo;
 pub mod peer;
 pub mod shutdown;

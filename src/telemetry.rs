@@ -21,3 +21,85 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+/// A Prometheus registry with helpers to publish values read from state at
+/// scrape time (counters kept monotonic, gauges set).
+pub struct Metrics {
+    registry: prometheus::Registry,
+    counters: parking_lot::Mutex<std::collections::HashMap<String, prometheus::IntCounter>>,
+    gauges: parking_lot::Mutex<std::collections::HashMap<String, prometheus::IntGauge>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics {
+            registry: prometheus::Registry::new(),
+            counters: Default::default(),
+            gauges: Default::default(),
+        }
+    }
+
+    /// A counter the caller increments.
+    pub fn counter(&self, name: &str, help: &str) -> prometheus::IntCounter {
+        let c = prometheus::IntCounter::new(name, help).unwrap_or_else(|_| {
+            prometheus::IntCounter::new("indexswarm_invalid_metric_total", "bad metric name")
+                .expect("static name")
+        });
+        let _ = self.registry.register(Box::new(c.clone()));
+        c
+    }
+
+    pub fn histogram(&self, name: &str, help: &str) -> prometheus::Histogram {
+        let opts = prometheus::HistogramOpts::new(name, help).buckets(vec![
+            0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+        ]);
+        let h = prometheus::Histogram::with_opts(opts).unwrap_or_else(|_| {
+            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(
+                "indexswarm_invalid_histogram",
+                "bad",
+            ))
+            .expect("static name")
+        });
+        let _ = self.registry.register(Box::new(h.clone()));
+        h
+    }
+
+    /// Raises counter `name` to `value` (counters never go down).
+    pub fn set_counter(&self, name: &str, help: &str, value: u64) {
+        let mut map = self.counters.lock();
+        let c = map
+            .entry(name.to_string())
+            .or_insert_with(|| self.counter(name, help));
+        let cur = c.get();
+        if value > cur {
+            c.inc_by(value - cur);
+        }
+    }
+
+    pub fn set_gauge(&self, name: &str, help: &str, value: i64) {
+        let mut map = self.gauges.lock();
+        let g = map.entry(name.to_string()).or_insert_with(|| {
+            let g = prometheus::IntGauge::new(name, help).unwrap_or_else(|_| {
+                prometheus::IntGauge::new("indexswarm_invalid_gauge", "bad metric name")
+                    .expect("static name")
+            });
+            let _ = self.registry.register(Box::new(g.clone()));
+            g
+        });
+        g.set(value);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -285,6 +285,12 @@ impl Session {
         self.progress_tx.subscribe()
     }
 
+    /// The current progress with live byte counters (rates are per tick).
+    pub fn snapshot(&self) -> Progress {
+        self.publish();
+        self.progress_tx.borrow().clone()
+    }
+
     pub(crate) fn accepting(&self) -> bool {
         !self.cancel.is_cancelled() && self.state.lock().picker.is_some()
     }

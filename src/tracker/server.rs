@@ -109,6 +109,8 @@ pub struct Tracker {
     swarms: Mutex<HashMap<InfoHash, Swarm>>,
     /// Info-hashes allowed in whitelist mode.
     allowed: Mutex<HashSet<InfoHash>>,
+    /// Seeders we list without their announcing (the master's own engine).
+    statics: Mutex<HashMap<InfoHash, Vec<PeerInfo>>>,
     pub stats: TrackerStats,
 }
 
@@ -118,6 +120,7 @@ impl Tracker {
             config,
             swarms: Mutex::new(HashMap::new()),
             allowed: Mutex::new(HashSet::new()),
+            statics: Mutex::new(HashMap::new()),
             stats: TrackerStats::default(),
         })
     }
@@ -135,6 +138,21 @@ impl Tracker {
     pub fn unregister(&self, h: &InfoHash) {
         self.allowed.lock().remove(h);
         self.swarms.lock().remove(h);
+        self.statics.lock().remove(h);
+    }
+
+    /// Lists `addr` as a seeder of `h` in every reply, without it announcing.
+    /// The master seeds through its own engine and registers that way, so
+    /// replicas learn its public address rather than whatever address a
+    /// loopback self-announce would show.
+    pub fn add_static_seed(&self, h: InfoHash, peer_id: [u8; 20], addr: SocketAddr) {
+        let mut st = self.statics.lock();
+        let list = st.entry(h).or_default();
+        list.retain(|p| p.addr != addr);
+        list.push(PeerInfo {
+            addr,
+            peer_id: Some(peer_id),
+        });
     }
 
     pub fn is_registered(&self, h: &InfoHash) -> bool {
@@ -203,26 +221,45 @@ impl Tracker {
             .numwant
             .unwrap_or(self.config.default_numwant)
             .min(self.config.max_numwant) as usize;
+        let statics = self
+            .statics
+            .lock()
+            .get(&req.info_hash)
+            .cloned()
+            .unwrap_or_default();
         // A seeder has no use for other seeders.
         let peers = if req.event == Event::Stopped {
             Vec::new()
         } else {
-            swarm
-                .peers
-                .values()
-                .filter(|p| p.peer_id != req.peer_id && !(req.left == 0 && p.left == 0))
-                .choose_multiple(&mut rand::thread_rng(), want)
-                .into_iter()
-                .map(|p| PeerInfo {
-                    addr: p.addr,
-                    peer_id: Some(p.peer_id),
-                })
-                .collect()
+            let mut peers: Vec<PeerInfo> = if req.left == 0 {
+                Vec::new()
+            } else {
+                statics
+                    .iter()
+                    .filter(|p| p.peer_id != Some(req.peer_id))
+                    .take(want)
+                    .cloned()
+                    .collect()
+            };
+            let room = want - peers.len();
+            peers.extend(
+                swarm
+                    .peers
+                    .values()
+                    .filter(|p| p.peer_id != req.peer_id && !(req.left == 0 && p.left == 0))
+                    .choose_multiple(&mut rand::thread_rng(), room)
+                    .into_iter()
+                    .map(|p| PeerInfo {
+                        addr: p.addr,
+                        peer_id: Some(p.peer_id),
+                    }),
+            );
+            peers
         };
         Ok(AnnounceResponse {
             interval: self.config.interval,
             min_interval: Some(self.config.min_interval),
-            complete: swarm.seeders as u64,
+            complete: (swarm.seeders + statics.len()) as u64,
             incomplete: (swarm.peers.len() - swarm.seeders) as u64,
             peers,
             warning: None,

@@ -1,0 +1,246 @@
+//! `[master]` settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{addr, local_host_name, pick, ConfigError};
+use crate::units::ByteSize;
+
+/// Master settings as given (file, environment or flags); all optional.
+#[derive(Debug, Clone, Default, serde::Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct RawMaster {
+    /// Where snapshot directories appear (required).
+    #[arg(long, env = "INDEXSWARM_MASTER_SNAPSHOTS_DIR")]
+    pub snapshots_dir: Option<PathBuf>,
+    /// Versions and torrents [default: <snapshots_dir>/.indexswarm].
+    #[arg(long, env = "INDEXSWARM_MASTER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// API and tracker address [default: 0.0.0.0:7070].
+    #[arg(long, env = "INDEXSWARM_MASTER_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    /// BitTorrent address [default: 0.0.0.0:6881].
+    #[arg(long, env = "INDEXSWARM_MASTER_PEER_LISTEN")]
+    pub peer_listen: Option<String>,
+    /// How replicas reach the API, e.g. http://master:7070 [default: derived from http_listen].
+    #[arg(long, env = "INDEXSWARM_MASTER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// A directory unchanged this long (seconds) is complete [default: 5].
+    #[arg(long, env = "INDEXSWARM_MASTER_SETTLE_SECS")]
+    pub settle_secs: Option<u64>,
+    /// If set, a directory is complete when this file appears in it.
+    #[arg(long, env = "INDEXSWARM_MASTER_MARKER_FILE")]
+    pub marker_file: Option<String>,
+    /// Versions kept published and seeded [default: 3].
+    #[arg(long, env = "INDEXSWARM_MASTER_KEEP_VERSIONS")]
+    pub keep_versions: Option<usize>,
+    /// Delete snapshot directories of versions beyond keep_versions [default: false].
+    #[arg(long, env = "INDEXSWARM_MASTER_DELETE_OLD_SNAPSHOTS")]
+    pub delete_old_snapshots: Option<bool>,
+    /// Upload limit in bytes/s, 0 = unlimited [default: 0].
+    #[arg(long, env = "INDEXSWARM_MASTER_UPLOAD_LIMIT")]
+    pub upload_limit: Option<ByteSize>,
+    /// If set, POST /snapshot needs "Authorization: Bearer <token>".
+    #[arg(long, env = "INDEXSWARM_MASTER_API_TOKEN")]
+    pub api_token: Option<String>,
+    /// Piece length of published torrents [default: automatic].
+    #[arg(long, env = "INDEXSWARM_MASTER_PIECE_LENGTH")]
+    pub piece_length: Option<ByteSize>,
+    /// Pad files to piece boundaries so replicas can reuse unchanged files [default: true].
+    #[arg(long, env = "INDEXSWARM_MASTER_ALIGN_FILES")]
+    pub align_files: Option<bool>,
+    /// Safety-net rescan of the snapshots directory, seconds [default: 2].
+    #[arg(long, env = "INDEXSWARM_MASTER_RESCAN_SECS")]
+    pub rescan_secs: Option<u64>,
+    /// Announce interval the tracker asks of replicas, seconds [default: 30].
+    #[arg(long, env = "INDEXSWARM_MASTER_ANNOUNCE_INTERVAL_SECS")]
+    pub announce_interval_secs: Option<u64>,
+}
+
+impl RawMaster {
+    /// `other` overrides `self` field by field.
+    pub fn overlay(self, other: RawMaster) -> RawMaster {
+        RawMaster {
+            snapshots_dir: pick(self.snapshots_dir, other.snapshots_dir),
+            state_dir: pick(self.state_dir, other.state_dir),
+            http_listen: pick(self.http_listen, other.http_listen),
+            peer_listen: pick(self.peer_listen, other.peer_listen),
+            public_url: pick(self.public_url, other.public_url),
+            settle_secs: pick(self.settle_secs, other.settle_secs),
+            marker_file: pick(self.marker_file, other.marker_file),
+            keep_versions: pick(self.keep_versions, other.keep_versions),
+            delete_old_snapshots: pick(self.delete_old_snapshots, other.delete_old_snapshots),
+            upload_limit: pick(self.upload_limit, other.upload_limit),
+            api_token: pick(self.api_token, other.api_token),
+            piece_length: pick(self.piece_length, other.piece_length),
+            align_files: pick(self.align_files, other.align_files),
+            rescan_secs: pick(self.rescan_secs, other.rescan_secs),
+            announce_interval_secs: pick(self.announce_interval_secs, other.announce_interval_secs),
+        }
+    }
+
+    pub fn validate(self) -> Result<MasterConfig, ConfigError> {
+        let mut errors = Vec::new();
+        let snapshots_dir = match self.snapshots_dir {
+            Some(d) if d.as_os_str().is_empty() => {
+                errors.push("snapshots_dir is empty".into());
+                PathBuf::new()
+            }
+            Some(d) => d,
+            None => {
+                errors.push(
+                    "snapshots_dir is required (--snapshots-dir or [master] snapshots_dir)".into(),
+                );
+                PathBuf::new()
+            }
+        };
+        let state_dir = self
+            .state_dir
+            .unwrap_or_else(|| snapshots_dir.join(".indexswarm"));
+        let http_listen = addr(
+            "http_listen",
+            self.http_listen.as_deref().unwrap_or("0.0.0.0:7070"),
+            &mut errors,
+        );
+        let peer_listen = addr(
+            "peer_listen",
+            self.peer_listen.as_deref().unwrap_or("0.0.0.0:6881"),
+            &mut errors,
+        );
+        let public_url = match self.public_url.filter(|s| !s.trim().is_empty()) {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                u.trim_end_matches('/').to_string()
+            }
+            Some(u) => {
+                errors.push(format!(
+                    "public_url = {u:?} must start with http:// or https://"
+                ));
+                String::new()
+            }
+            None => derive_url(http_listen),
+        };
+        let settle = self.settle_secs.unwrap_or(5);
+        let keep_versions = self.keep_versions.unwrap_or(3);
+        if keep_versions == 0 {
+            errors.push("keep_versions must be at least 1".into());
+        }
+        if let Some(p) = self.piece_length {
+            if !(16 * 1024..=64 << 20).contains(&p.0) || !p.0.is_power_of_two() {
+                errors.push(format!(
+                    "piece_length = {p} must be a power of two from 16K to 64M"
+                ));
+            }
+        }
+        let marker_file = self.marker_file.filter(|m| !m.is_empty());
+        if let Some(m) = &marker_file {
+            if m.contains('/') || m == "." || m == ".." {
+                errors.push(format!("marker_file = {m:?} must be a plain file name"));
+            }
+        }
+        let rescan = self.rescan_secs.unwrap_or(2).max(1);
+        let interval = self.announce_interval_secs.unwrap_or(30);
+        if interval == 0 {
+            errors.push("announce_interval_secs must be at least 1".into());
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+        Ok(MasterConfig {
+            snapshots_dir,
+            state_dir,
+            http_listen,
+            peer_listen,
+            public_url,
+            settle: Duration::from_secs(settle),
+            marker_file,
+            keep_versions,
+            delete_old_snapshots: self.delete_old_snapshots.unwrap_or(false),
+            upload_limit: self.upload_limit.unwrap_or_default().0,
+            api_token: self.api_token.filter(|t| !t.is_empty()),
+            piece_length: self.piece_length.map(|p| p.0),
+            align_files: self.align_files.unwrap_or(true),
+            rescan: Duration::from_secs(rescan),
+            announce_interval: Duration::from_secs(interval),
+        })
+    }
+}
+
+fn derive_url(listen: SocketAddr) -> String {
+    let host = if listen.ip().is_unspecified() {
+        local_host_name()
+    } else {
+        listen.ip().to_string()
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    format!("http://{host}:{}", listen.port())
+}
+
+/// Validated master settings.
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    pub snapshots_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub http_listen: SocketAddr,
+    pub peer_listen: SocketAddr,
+    /// Base URL of the API, no trailing slash.
+    pub public_url: String,
+    pub settle: Duration,
+    pub marker_file: Option<String>,
+    pub keep_versions: usize,
+    pub delete_old_snapshots: bool,
+    pub upload_limit: u64,
+    pub api_token: Option<String>,
+    pub piece_length: Option<u64>,
+    pub align_files: bool,
+    pub rescan: Duration,
+    pub announce_interval: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overlay() {
+        let file = RawMaster {
+            snapshots_dir: Some("/snap".into()),
+            settle_secs: Some(9),
+            ..Default::default()
+        };
+        let flags = RawMaster {
+            settle_secs: Some(1),
+            http_listen: Some("127.0.0.1:9000".into()),
+            ..Default::default()
+        };
+        let c = file.overlay(flags).validate().unwrap();
+        assert_eq!(c.settle, Duration::from_secs(1));
+        assert_eq!(c.state_dir, PathBuf::from("/snap/.indexswarm"));
+        assert_eq!(c.public_url, "http://127.0.0.1:9000");
+        assert_eq!(c.keep_versions, 3);
+        assert!(c.align_files);
+    }
+
+    #[test]
+    fn reports_every_bad_setting() {
+        let raw = RawMaster {
+            http_listen: Some("nope".into()),
+            keep_versions: Some(0),
+            public_url: Some("ftp://x".into()),
+            ..Default::default()
+        };
+        let err = raw.validate().unwrap_err().to_string();
+        for needle in [
+            "snapshots_dir is required",
+            "http_listen",
+            "keep_versions",
+            "public_url",
+        ] {
+            assert!(err.contains(needle), "{err} should mention {needle}");
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The HTTP APIs of both sidecars, as warp filters. Handlers call into
+//! `master` / `replica`; errors become `{"error": "..."}` with a status code.
+
+pub mod master;
+pub mod replica;
+
+use std::net::SocketAddr;
+
+use warp::http::{header, Response, StatusCode};
+use warp::Filter;
+
+pub type Reply = Response<Vec<u8>>;
+
+pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Reply {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+pub fn error(status: StatusCode, message: impl Into<String>) -> Reply {
+    json(status, &serde_json::json!({ "error": message.into() }))
+}
+
+pub fn text(status: StatusCode, content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+/// `GET /healthz`.
+pub fn healthz() -> impl Filter<Extract = (Reply,), Error = warp::Rejection> + Clone {
+    warp::path!("healthz")
+        .and(warp::get())
+        .map(|| text(StatusCode::OK, "text/plain", "ok\n"))
+}
+
+/// Anything unmatched: a JSON 404 (or 405 for a known path with the wrong method).
+pub async fn recover(err: warp::Rejection) -> Result<Reply, std::convert::Infallible> {
+    if err.find::<warp::reject::MethodNotAllowed>().is_some() {
+        return Ok(error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"));
+    }
+    if err.find::<warp::reject::PayloadTooLarge>().is_some() {
+        return Ok(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+        ));
+    }
+    Ok(error(StatusCode::NOT_FOUND, "not found"))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: warp::Error,
+}
+
+/// Binds `routes` on `addr` and serves them until `shutdown`.
+pub fn serve<F>(
+    routes: F,
+    addr: SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), BindError>
+where
+    F: Filter<Extract = (Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
+{
+    warp::serve(routes)
+        .try_bind_with_graceful_shutdown(addr, async move { shutdown.cancelled().await })
+        .map_err(|source| BindError { addr, source })
+}

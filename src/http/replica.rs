@@ -1,0 +1,1 @@
+//! The replica's API (filled in with the replica sidecar).

@@ -1,0 +1,318 @@
+//! Publishing: directory → torrent → tracker → seeding → visible version,
+//! in that order, so `/versions/latest` never names a version nobody seeds.
+//! Also the reverse paths: retention, withdrawal of modified snapshots, and
+//! restoring seeding after a restart.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use super::registry::{now_rfc3339, SourceRecord, VersionRecord, VersionState};
+use super::watcher::{fingerprint, ignored};
+use super::Master;
+use crate::metainfo::{build, BuildOptions, Metainfo};
+use crate::swarm::{Check, Mode, SessionOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("{0}")]
+    BadPath(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0} changed while it was being hashed; it will be published once it settles")]
+    Changed(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn seed_options() -> SessionOptions {
+    SessionOptions {
+        // The tracker lists the master itself (a static seed): no announces.
+        announce: Some(Vec::new()),
+        mode: Mode::ReadOnly,
+        check: Check::AssumeComplete,
+        require_complete: true,
+        ..SessionOptions::default()
+    }
+}
+
+impl Master {
+    /// Publishes the snapshot directory `name` (a direct child of the
+    /// snapshots directory). Returns the version and whether it is new.
+    pub async fn publish(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<(VersionRecord, bool), PublishError> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." || ignored(name) {
+            return Err(PublishError::BadPath(format!(
+                "{name:?} is not a snapshot directory name"
+            )));
+        }
+        let _guard = self.publish_lock.lock().await;
+        if let Some(v) = self.registry.lock().by_name(name) {
+            if v.state == VersionState::Published {
+                return Ok((v.clone(), false));
+            }
+        }
+        let dir = self.cfg.snapshots_dir.join(name);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => return Err(PublishError::BadPath(format!("{name} is not a directory"))),
+            Err(_) => {
+                return Err(PublishError::NotFound(format!(
+                    "{name} does not exist in the snapshots directory"
+                )))
+            }
+        }
+        if let Some(marker) = &self.cfg.marker_file {
+            if !dir.join(marker).exists() {
+                return Err(PublishError::BadPath(format!(
+                    "{name} is not complete: it has no {marker} marker file"
+                )));
+            }
+        }
+        let started = Instant::now();
+        let opts = BuildOptions {
+            announce: vec![format!("{}/announce", self.cfg.public_url)],
+            piece_length: self.cfg.piece_length,
+            name: Some(name.to_string()),
+            align_files: self.cfg.align_files,
+            threads: 0,
+            comment: Some(format!("indexswarm snapshot {name}")),
+        };
+        let d2 = dir.clone();
+        let built = tokio::task::spawn_blocking(move || build(&d2, &opts, &AtomicU64::new(0)))
+            .await
+            .map_err(|e| PublishError::Failed(format!("hashing task failed: {e}")))?
+            .map_err(|e| PublishError::Failed(format!("cannot build a torrent of {name}: {e}")))?;
+        // Half-written directories are never published: the files must not
+        // have moved while we hashed them.
+        let d3 = dir.clone();
+        let after = tokio::task::spawn_blocking(move || fingerprint(&d3))
+            .await
+            .ok()
+            .flatten();
+        let sources: Vec<SourceRecord> = built
+            .sources
+            .iter()
+            .map(SourceRecord::from_source)
+            .collect();
+        if after.as_ref().map(|fp| same_files(fp, &sources)) != Some(true) {
+            return Err(PublishError::Changed(name.to_string()));
+        }
+
+        let version = self.registry.lock().next_version();
+        let torrent_path = self.registry.lock().torrent_path(version);
+        let bytes = built.bytes.clone();
+        let tp = torrent_path.clone();
+        tokio::task::spawn_blocking(move || super::registry::write_atomic(&tp, &bytes))
+            .await
+            .map_err(|e| PublishError::Failed(e.to_string()))?
+            .map_err(|e| {
+                PublishError::Failed(format!("cannot store {}: {e}", torrent_path.display()))
+            })?;
+
+        let meta = Arc::new(built.meta);
+        self.start_seeding(meta.clone(), Check::AssumeComplete)
+            .await
+            .map_err(|e| PublishError::Failed(format!("cannot seed {name}: {e}")))?;
+
+        let rec = VersionRecord {
+            version,
+            name: name.to_string(),
+            info_hash: meta.info_hash,
+            files: meta.data_files(),
+            bytes: meta.data_length(),
+            piece_length: meta.piece_length,
+            created_at: now_rfc3339(),
+            state: VersionState::Published,
+            note: None,
+            sources,
+        };
+        self.registry
+            .lock()
+            .push(rec.clone())
+            .map_err(|e| PublishError::Failed(e.to_string()))?;
+        let secs = started.elapsed().as_secs_f64();
+        self.metrics.publish_seconds.observe(secs);
+        self.metrics.published.inc();
+        info!(
+            version,
+            name,
+            info_hash = %meta.info_hash,
+            files = rec.files,
+            bytes = rec.bytes,
+            secs = format!("{secs:.2}"),
+            "published"
+        );
+        self.apply_retention().await;
+        Ok((rec, true))
+    }
+
+    /// Registers with the tracker and starts the seeding session.
+    pub(super) async fn start_seeding(
+        &self,
+        meta: Arc<Metainfo>,
+        check: Check,
+    ) -> Result<(), String> {
+        self.tracker.register(meta.info_hash);
+        self.tracker
+            .add_static_seed(meta.info_hash, self.engine.peer_id(), self.peer_addr);
+        if self.engine.get(&meta.info_hash).is_some() {
+            return Ok(());
+        }
+        let opts = SessionOptions {
+            check,
+            ..seed_options()
+        };
+        let session = self
+            .engine
+            .add(meta, self.cfg.snapshots_dir.clone(), opts)
+            .map_err(|e| e.to_string())?;
+        session.wait_checked().await
+    }
+
+    async fn stop_seeding(&self, rec: &VersionRecord) {
+        self.tracker.unregister(&rec.info_hash);
+        if let Some(s) = self.engine.get(&rec.info_hash) {
+            s.stop().await;
+        }
+    }
+
+    /// Retires published versions beyond `keep_versions`.
+    pub(super) async fn apply_retention(&self) {
+        let old: Vec<VersionRecord> = self
+            .registry
+            .lock()
+            .published()
+            .into_iter()
+            .skip(self.cfg.keep_versions)
+            .collect();
+        for rec in old {
+            info!(version = rec.version, name = %rec.name, "retiring version beyond keep_versions");
+            self.stop_seeding(&rec).await;
+            let torrent = self.registry.lock().torrent_path(rec.version);
+            let _ = std::fs::remove_file(torrent);
+            if let Err(e) = self
+                .registry
+                .lock()
+                .set_state(rec.version, VersionState::Retired, None)
+            {
+                warn!("cannot record retirement of version {}: {e}", rec.version);
+            }
+            if self.cfg.delete_old_snapshots {
+                let dir = self.cfg.snapshots_dir.join(&rec.name);
+                // Only a real directory directly inside the snapshots directory.
+                if std::fs::symlink_metadata(&dir)
+                    .map(|m| m.is_dir())
+                    .unwrap_or(false)
+                {
+                    match std::fs::remove_dir_all(&dir) {
+                        Ok(()) => info!(name = %rec.name, "deleted old snapshot directory"),
+                        Err(e) => {
+                            warn!(name = %rec.name, "cannot delete old snapshot directory: {e}")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Withdraws a published version whose directory no longer matches what we hashed.
+    pub(super) async fn withdraw(&self, rec: &VersionRecord, why: &str) {
+        warn!(version = rec.version, name = %rec.name, "withdrawing version: {why}");
+        self.stop_seeding(rec).await;
+        if let Err(e) = self.registry.lock().set_state(
+            rec.version,
+            VersionState::Modified,
+            Some(why.to_string()),
+        ) {
+            warn!("cannot record withdrawal of version {}: {e}", rec.version);
+        }
+    }
+
+    /// After a restart: seed every published version again, trusting files
+    /// whose size and mtime are as recorded and rehashing the others.
+    pub(super) async fn restore(self: &Arc<Self>) {
+        let published = self.registry.lock().published();
+        for rec in published.into_iter().rev() {
+            let torrent = self.registry.lock().torrent_path(rec.version);
+            let meta = match std::fs::read(&torrent)
+                .map_err(|e| e.to_string())
+                .and_then(|b| Metainfo::from_bytes(&b).map_err(|e| e.to_string()))
+            {
+                Ok(m) => Arc::new(m),
+                Err(e) => {
+                    self.withdraw(&rec, &format!("torrent file unusable: {e}"))
+                        .await;
+                    continue;
+                }
+            };
+            let dir = self.cfg.snapshots_dir.join(&rec.name);
+            let fp = tokio::task::spawn_blocking(move || fingerprint(&dir))
+                .await
+                .ok()
+                .flatten();
+            let check = match fp {
+                None => {
+                    self.withdraw(&rec, "snapshot directory is gone").await;
+                    continue;
+                }
+                Some(fp) if same_files(&fp, &rec.sources) => Check::AssumeComplete,
+                Some(_) => {
+                    info!(
+                        version = rec.version,
+                        "files changed since publication; rehashing"
+                    );
+                    Check::Verify
+                }
+            };
+            match self.start_seeding(meta, check).await {
+                Ok(()) => {
+                    info!(version = rec.version, name = %rec.name, "seeding again after restart")
+                }
+                Err(e) => {
+                    self.withdraw(&rec, &format!("data no longer matches the torrent: {e}"))
+                        .await
+                }
+            }
+        }
+    }
+
+    /// Compares every published directory with what was hashed.
+    pub(super) async fn check_published(self: &Arc<Self>) {
+        let published = self.registry.lock().published();
+        for rec in published {
+            let dir = self.cfg.snapshots_dir.join(&rec.name);
+            let fp = tokio::task::spawn_blocking(move || fingerprint(&dir))
+                .await
+                .ok()
+                .flatten();
+            match fp {
+                None => {
+                    self.withdraw(&rec, "snapshot directory vanished after publication")
+                        .await
+                }
+                Some(fp) if !same_files(&fp, &rec.sources) => {
+                    self.withdraw(&rec, "snapshot directory was modified after publication")
+                        .await
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// Does a fingerprint match the recorded sources (path, size, mtime)?
+pub(super) fn same_files(fp: &super::watcher::Fingerprint, sources: &[SourceRecord]) -> bool {
+    let mut a: Vec<(&str, u64, u128)> = fp.iter().map(|(p, l, m)| (p.as_str(), *l, *m)).collect();
+    let mut b: Vec<(&str, u64, u128)> = sources
+        .iter()
+        .map(|s| (s.path.as_str(), s.length, s.mtime_ns))
+        .collect();
+    a.sort();
+    b.sort();
+    a == b
+}

@@ -1,0 +1,245 @@
+//! The master's version registry: which snapshot directories became which
+//! version numbers, persisted as one JSON file written atomically (temp
+//! file, fsync, rename, fsync of the directory), so a crash leaves either the
+//! old state or the new one, never half of each.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::metainfo::{InfoHash, SourceFile};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionState {
+    /// Listed and seeded.
+    Published,
+    /// Beyond `keep_versions`: no longer listed or seeded.
+    Retired,
+    /// The directory changed (or vanished) after publication: withdrawn.
+    Modified,
+}
+
+/// What we saw of one file when we hashed it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceRecord {
+    pub path: String,
+    pub length: u64,
+    /// Modification time in nanoseconds since the epoch (0 if unknown).
+    pub mtime_ns: u128,
+}
+
+impl SourceRecord {
+    pub fn from_source(s: &SourceFile) -> SourceRecord {
+        SourceRecord {
+            path: s.path.join("/"),
+            length: s.length,
+            mtime_ns: s
+                .mtime
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VersionRecord {
+    pub version: u64,
+    /// The snapshot directory's name inside the snapshots directory.
+    pub name: String,
+    pub info_hash: InfoHash,
+    pub files: usize,
+    pub bytes: u64,
+    pub piece_length: u64,
+    pub created_at: String,
+    pub state: VersionState,
+    #[serde(default)]
+    pub note: Option<String>,
+    pub sources: Vec<SourceRecord>,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct RegistryFile {
+    next_version: u64,
+    versions: Vec<VersionRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is corrupt ({message}); move it aside to start over")]
+    Corrupt { path: PathBuf, message: String },
+}
+
+pub struct Registry {
+    dir: PathBuf,
+    data: RegistryFile,
+}
+
+impl Registry {
+    /// Opens (or creates) the registry in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Registry, RegistryError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RegistryError::Io { path, source }
+        };
+        std::fs::create_dir_all(state_dir.join("torrents")).map_err(io(state_dir))?;
+        let file = state_dir.join("versions.json");
+        let data = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| RegistryError::Corrupt {
+                path: file.clone(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RegistryFile {
+                next_version: 1,
+                versions: Vec::new(),
+            },
+            Err(e) => {
+                return Err(RegistryError::Io {
+                    path: file,
+                    source: e,
+                })
+            }
+        };
+        Ok(Registry {
+            dir: state_dir.to_path_buf(),
+            data,
+        })
+    }
+
+    pub fn torrent_path(&self, version: u64) -> PathBuf {
+        self.dir.join("torrents").join(format!("{version}.torrent"))
+    }
+
+    pub fn next_version(&self) -> u64 {
+        self.data.next_version.max(1)
+    }
+
+    pub fn all(&self) -> &[VersionRecord] {
+        &self.data.versions
+    }
+
+    pub fn get(&self, version: u64) -> Option<&VersionRecord> {
+        self.data.versions.iter().find(|v| v.version == version)
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&VersionRecord> {
+        self.data.versions.iter().rev().find(|v| v.name == name)
+    }
+
+    /// Published versions, newest first.
+    pub fn published(&self) -> Vec<VersionRecord> {
+        let mut v: Vec<VersionRecord> = self
+            .data
+            .versions
+            .iter()
+            .filter(|v| v.state == VersionState::Published)
+            .cloned()
+            .collect();
+        v.sort_by_key(|r| std::cmp::Reverse(r.version));
+        v
+    }
+
+    /// Adds a version (numbered by the caller from `next_version`) and saves.
+    pub fn push(&mut self, rec: VersionRecord) -> Result<(), RegistryError> {
+        self.data.next_version = rec.version + 1;
+        self.data.versions.push(rec);
+        self.save()
+    }
+
+    pub fn set_state(
+        &mut self,
+        version: u64,
+        state: VersionState,
+        note: Option<String>,
+    ) -> Result<(), RegistryError> {
+        if let Some(v) = self.data.versions.iter_mut().find(|v| v.version == version) {
+            v.state = state;
+            v.note = note;
+        }
+        self.save()
+    }
+
+    fn save(&self) -> Result<(), RegistryError> {
+        let file = self.dir.join("versions.json");
+        let bytes = serde_json::to_vec_pretty(&self.data).map_err(|e| RegistryError::Io {
+            path: file.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&file, &bytes).map_err(|source| RegistryError::Io { path: file, source })
+    }
+}
+
+/// temp file + fsync + rename + fsync(dir).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// RFC 3339 time of now, UTC.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs().to_string())
+                .unwrap_or_default()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(version: u64, name: &str) -> VersionRecord {
+        VersionRecord {
+            version,
+            name: name.into(),
+            info_hash: InfoHash([version as u8; 20]),
+            files: 1,
+            bytes: 10,
+            piece_length: 16384,
+            created_at: now_rfc3339(),
+            state: VersionState::Published,
+            note: None,
+            sources: vec![],
+        }
+    }
+
+    #[test]
+    fn survives_reopen_and_numbers_monotonically() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = Registry::open(d.path()).unwrap();
+        assert_eq!(r.next_version(), 1);
+        r.push(rec(1, "a")).unwrap();
+        r.push(rec(2, "b")).unwrap();
+        r.set_state(1, VersionState::Retired, None).unwrap();
+        let r = Registry::open(d.path()).unwrap();
+        assert_eq!(r.next_version(), 3);
+        assert_eq!(
+            r.published().iter().map(|v| v.version).collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert_eq!(r.by_name("a").unwrap().state, VersionState::Retired);
+    }
+
+    #[test]
+    fn corrupt_state_is_an_error_not_a_reset() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("versions.json"), b"{ not json").unwrap();
+        assert!(matches!(
+            Registry::open(d.path()),
+            Err(RegistryError::Corrupt { .. })
+        ));
+    }
+}
