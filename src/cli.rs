@@ -47,6 +47,8 @@ pub enum Command {
     Seed(SeedArgs),
     /// Run the master sidecar: publish each complete snapshot directory as a version.
     Master(MasterArgs),
+    /// Run the replica sidecar: poll the master, fetch new versions, swap them in.
+    Replica(ReplicaArgs),
     /// Download a torrent (resuming verified pieces), optionally keep seeding.
     /// Prints a JSON summary (bytes downloaded, resumed, seconds) on stdout when complete.
     Fetch(FetchArgs),
@@ -110,6 +112,19 @@ pub struct MasterArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Every setting can also come from the [replica] section of the config file \
+    or from INDEXSWARM_REPLICA_<KEY>; flags win over the environment, which wins over the file."
+)]
+pub struct ReplicaArgs {
+    /// TOML file with a [replica] section (see config/replica.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: crate::config::RawReplica,
+}
+
+#[derive(Debug, Args)]
 pub struct SeedArgs {
     /// A .torrent file or an http:// URL.
     pub torrent: String,
@@ -159,7 +174,30 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Seed(a) => seed(a).await,
         Command::Fetch(a) => fetch(a).await,
         Command::Master(a) => master(a).await,
+        Command::Replica(a) => replica(a).await,
     }
+}
+
+async fn replica(a: ReplicaArgs) -> Result<()> {
+    let file = match &a.config {
+        Some(p) => crate::config::ConfigFile::load(p)?.replica,
+        None => crate::config::RawReplica::default(),
+    };
+    let cfg = file.overlay(a.settings).validate()?;
+    let shutdown = crate::shutdown::on_signal();
+    let replica = crate::replica::Replica::start(cfg.clone())
+        .await
+        .context("cannot start the replica")?;
+    let (addr, server) = crate::http::serve(
+        crate::http::replica::routes(replica.clone()),
+        cfg.http_listen,
+        shutdown.clone(),
+    )?;
+    tracing::info!("replica API on http://{addr}, master {}", cfg.master_url);
+    let server = tokio::spawn(server);
+    replica.run(shutdown).await;
+    let _ = server.await;
+    Ok(())
 }
 
 async fn master(a: MasterArgs) -> Result<()> {

@@ -16,6 +16,7 @@ pub mod http;
 pub mod master;
 pub mod metainfo;
 pub mod peer;
+pub mod replica;
 pub mod shutdown;
 pub mod source;
 pub mod storage;

@@ -62,21 +62,33 @@ struct Slot {
 
 pub struct Storage {
     meta: Arc<Metainfo>,
-    parent: PathBuf,
+    root: PathBuf,
     mode: Mode,
     slots: Vec<Slot>,
     open: AtomicUsize,
 }
 
 impl Storage {
-    /// Storage for `meta` under `parent` (data lives at `parent/<name>`).
+    /// Storage for `meta` under `parent` (data lives at `parent/<name>`,
+    /// the usual BitTorrent layout).
     pub fn new(meta: Arc<Metainfo>, parent: &Path, mode: Mode) -> Storage {
+        let root = meta.root_path(parent);
+        Self::with_root(meta, &root, mode)
+    }
+
+    /// Storage whose files live directly in `root` (the replica stages a
+    /// version as `versions/<n>.partial/` with the index files at its top).
+    /// A single-file torrent's file is `root/<name>`.
+    pub fn with_root(meta: Arc<Metainfo>, root: &Path, mode: Mode) -> Storage {
         let slots = meta
             .files
             .iter()
-            .enumerate()
-            .map(|(i, f)| Slot {
-                path: meta.file_path(parent, i),
+            .map(|f| Slot {
+                path: if meta.single_file {
+                    root.join(&meta.name)
+                } else {
+                    f.path.iter().fold(root.to_path_buf(), |p, c| p.join(c))
+                },
                 length: f.length,
                 pad: f.pad,
                 handle: Mutex::new(None),
@@ -85,7 +97,7 @@ impl Storage {
             .collect();
         Storage {
             meta,
-            parent: parent.to_path_buf(),
+            root: root.to_path_buf(),
             mode,
             slots,
             open: AtomicUsize::new(0),
@@ -96,8 +108,9 @@ impl Storage {
         &self.meta
     }
 
+    /// The directory that holds the torrent's files.
     pub fn root(&self) -> PathBuf {
-        self.meta.root_path(&self.parent)
+        self.root.clone()
     }
 
     fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {

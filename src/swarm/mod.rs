@@ -79,6 +79,8 @@ pub struct SessionOptions {
     pub max_peers: usize,
     /// Bytes of piece buffers in flight.
     pub memory_budget: u64,
+    /// Keep the files directly in this directory instead of `parent/<name>`.
+    pub content_dir: Option<PathBuf>,
 }
 
 impl Default for SessionOptions {
@@ -94,6 +96,7 @@ impl Default for SessionOptions {
             upload_slots: 8,
             max_peers: 60,
             memory_budget: 24 << 20,
+            content_dir: None,
         }
     }
 }

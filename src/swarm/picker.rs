@@ -22,6 +22,7 @@
 //! depends on the piece length and the budget, not on the torrent's size.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 
@@ -33,11 +34,19 @@ use crate::peer::codec::BlockRef;
 pub type PeerKey = u64;
 
 pub const ENDGAME_DUPLICATES: usize = 2;
+/// In endgame a peer takes duplicate requests only while it has fewer than
+/// this many blocks in flight: duplicates exist to rescue the last blocks
+/// from a slow peer, not to download everything twice.
+pub const ENDGAME_IDLE: usize = 4;
+/// ... and only blocks outstanding at least this long: on a fast link most
+/// "last blocks" are already on their way, and duplicating them only wastes.
+pub const ENDGAME_AFTER: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Block {
     Open,
-    Requested(Vec<PeerKey>),
+    /// Requesters, and when the block was first requested.
+    Requested(Vec<PeerKey>, Instant),
     Received(PeerKey),
 }
 
@@ -79,6 +88,8 @@ pub struct Picker {
     spare: Vec<Vec<u8>>,
     /// Byte ranges inside the torrent that are padding: never requested.
     pads: Vec<(u64, u64)>,
+    /// A block is duplicated in endgame only after waiting this long.
+    endgame_after: Duration,
 }
 
 impl Picker {
@@ -101,6 +112,7 @@ impl Picker {
             max_active,
             spare: Vec::new(),
             pads,
+            endgame_after: ENDGAME_AFTER,
         }
     }
 
@@ -163,9 +175,16 @@ impl Picker {
             && self.active.values().all(|a| a.open == 0)
     }
 
-    /// Appends up to `want` blocks for `peer` (which has pieces `has`) to
-    /// `out`; `inflight` is what the peer has requested already.
-    pub fn pick(&mut self, peer: PeerKey, has: &Bitfield, want: usize, out: &mut Vec<BlockRef>) {
+    /// Appends up to `want` blocks for `peer` (which has pieces `has` and
+    /// `inflight` blocks requested already) to `out`.
+    pub fn pick(
+        &mut self,
+        peer: PeerKey,
+        has: &Bitfield,
+        inflight: usize,
+        want: usize,
+        out: &mut Vec<BlockRef>,
+    ) {
         if want == 0 {
             return;
         }
@@ -209,8 +228,9 @@ impl Picker {
         if out.len() > start_len {
             return;
         }
-        // 3. Endgame duplicates.
-        if self.endgame() {
+        // 3. Endgame duplicates, a few at a time for a nearly idle peer.
+        let want = want.min(ENDGAME_IDLE.saturating_sub(inflight));
+        if want > 0 && self.endgame() {
             let mut pieces: Vec<u32> = self
                 .active
                 .keys()
@@ -228,8 +248,10 @@ impl Picker {
                         .iter()
                         .enumerate()
                         .filter_map(|(i, b)| match b {
-                            Block::Requested(by)
-                                if by.len() < ENDGAME_DUPLICATES && !by.contains(&peer) =>
+                            Block::Requested(by, at)
+                                if by.len() < ENDGAME_DUPLICATES
+                                    && !by.contains(&peer)
+                                    && at.elapsed() >= self.endgame_after =>
                             {
                                 Some((i, self.block_ref(p, i as u32)))
                             }
@@ -242,7 +264,7 @@ impl Picker {
                         return;
                     }
                     if let Some(a) = self.active.get_mut(&p) {
-                        if let Block::Requested(by) = &mut a.blocks[i] {
+                        if let Block::Requested(by, _) = &mut a.blocks[i] {
                             by.push(peer);
                             out.push(r);
                         }
@@ -324,7 +346,7 @@ impl Picker {
             .collect();
         if let Some(a) = self.active.get_mut(&piece) {
             for (&i, r) in idx.iter().zip(refs) {
-                a.blocks[i] = Block::Requested(vec![peer]);
+                a.blocks[i] = Block::Requested(vec![peer], Instant::now());
                 a.open -= 1;
                 out.push(r);
             }
@@ -338,7 +360,7 @@ impl Picker {
     pub fn release(&mut self, peer: PeerKey, block: &BlockRef) {
         let idx = (block.begin / BLOCK_SIZE) as usize;
         if let Some(a) = self.active.get_mut(&block.piece) {
-            if let Some(Block::Requested(by)) = a.blocks.get_mut(idx) {
+            if let Some(Block::Requested(by, _)) = a.blocks.get_mut(idx) {
                 by.retain(|&k| k != peer);
                 if by.is_empty() {
                     a.blocks[idx] = Block::Open;
@@ -349,7 +371,7 @@ impl Picker {
                 && !a
                     .blocks
                     .iter()
-                    .any(|b| matches!(b, Block::Requested(by) if by.contains(&peer)))
+                    .any(|b| matches!(b, Block::Requested(by, _) if by.contains(&peer)))
             {
                 a.owner = None;
             }
@@ -372,7 +394,7 @@ impl Picker {
                 a.open -= 1;
                 Vec::new()
             }
-            Some(Block::Requested(by)) => by.iter().copied().filter(|&k| k != peer).collect(),
+            Some(Block::Requested(by, _)) => by.iter().copied().filter(|&k| k != peer).collect(),
         };
         let end = block.begin as usize + data.len();
         if end > a.data.len() {
@@ -458,7 +480,7 @@ impl Picker {
             let open = a.blocks.iter().filter(|b| **b == Block::Open).count() as u32;
             assert_eq!(open, a.open, "open count of {p}");
             for (i, b) in a.blocks.iter().enumerate() {
-                if let Block::Requested(by) = b {
+                if let Block::Requested(by, _) = b {
                     for k in by {
                         let r = self.block_ref(*p, i as u32);
                         assert!(
@@ -503,7 +525,7 @@ mod tests {
         let mut got = std::collections::HashSet::new();
         loop {
             let mut out = Vec::new();
-            p.pick(1, &seed, 3, &mut out);
+            p.pick(1, &seed, 0, 3, &mut out);
             if out.is_empty() {
                 break;
             }
@@ -533,7 +555,7 @@ mod tests {
         let mut p = Picker::new(&m, Bitfield::new(m.num_pieces()), 1 << 20);
         let seed = Bitfield::full(m.num_pieces());
         let mut out = Vec::new();
-        p.pick(1, &seed, 100, &mut out);
+        p.pick(1, &seed, 0, 100, &mut out);
         let requested: u64 = out.iter().map(|b| b.len as u64).sum();
         // Each 10 000-byte file needs one 16 KiB block: the pad-only blocks are skipped.
         assert_eq!(out.len(), 2);
@@ -553,7 +575,7 @@ mod tests {
         p.peer_added(&common);
         // Piece 7 is held only by the seed: it is the rarest.
         let mut out = Vec::new();
-        p.pick(1, &seed, 1, &mut out);
+        p.pick(1, &seed, 0, 1, &mut out);
         assert_eq!(out[0].piece, 7);
     }
 
@@ -561,16 +583,17 @@ mod tests {
     fn endgame_duplicates_and_cancels() {
         let (_t, m) = meta(&[16384], false);
         let mut p = Picker::new(&m, Bitfield::new(1), 1 << 20);
+        p.endgame_after = Duration::ZERO;
         let seed = Bitfield::full(1);
         let mut a = Vec::new();
-        p.pick(1, &seed, 10, &mut a);
+        p.pick(1, &seed, 0, 10, &mut a);
         assert_eq!(a.len(), 1);
         assert!(p.endgame());
         let mut b = Vec::new();
-        p.pick(2, &seed, 10, &mut b);
+        p.pick(2, &seed, 0, 10, &mut b);
         assert_eq!(a, b, "endgame requests the same block from another peer");
         let mut c = Vec::new();
-        p.pick(3, &seed, 10, &mut c);
+        p.pick(3, &seed, 0, 10, &mut c);
         assert!(c.is_empty(), "at most {ENDGAME_DUPLICATES} requesters");
         let out = p.on_block(2, &b[0], &vec![0; 16384]);
         assert_eq!(
@@ -587,14 +610,29 @@ mod tests {
     }
 
     #[test]
+    fn endgame_waits_before_duplicating() {
+        let (_t, m) = meta(&[16384], false);
+        let mut p = Picker::new(&m, Bitfield::new(1), 1 << 20);
+        let seed = Bitfield::full(1);
+        let mut a = Vec::new();
+        p.pick(1, &seed, 0, 10, &mut a);
+        let mut b = Vec::new();
+        p.pick(2, &seed, 0, 10, &mut b);
+        assert!(b.is_empty(), "a fresh request is not duplicated");
+        p.endgame_after = Duration::ZERO;
+        p.pick(2, &seed, ENDGAME_IDLE, 10, &mut b);
+        assert!(b.is_empty(), "a busy peer takes no duplicates");
+    }
+
+    #[test]
     fn failed_piece_is_refetched_from_one_peer() {
         let (_t, m) = meta(&[65536], false);
         let mut p = Picker::new(&m, Bitfield::new(2), 1 << 20);
         let seed = Bitfield::full(2);
         let mut a = Vec::new();
-        p.pick(1, &seed, 1, &mut a);
+        p.pick(1, &seed, 0, 1, &mut a);
         let mut b = Vec::new();
-        p.pick(2, &seed, 1, &mut b);
+        p.pick(2, &seed, 0, 1, &mut b);
         assert_eq!(
             a[0].piece, b[0].piece,
             "second peer helps with the started piece"
@@ -606,9 +644,9 @@ mod tests {
         assert_eq!(p.verified(a[0].piece, false, buf), vec![1, 2]);
         // Now solo: once peer 1 takes a block, peer 2 gets a different piece.
         let mut a2 = Vec::new();
-        p.pick(1, &seed, 1, &mut a2);
+        p.pick(1, &seed, 0, 1, &mut a2);
         let mut b2 = Vec::new();
-        p.pick(2, &seed, 1, &mut b2);
+        p.pick(2, &seed, 0, 1, &mut b2);
         assert_ne!(a2[0].piece, b2[0].piece);
     }
 
@@ -618,12 +656,12 @@ mod tests {
         let mut p = Picker::new(&m, Bitfield::new(1), 1 << 20);
         let seed = Bitfield::full(1);
         let mut a = Vec::new();
-        p.pick(1, &seed, 2, &mut a);
+        p.pick(1, &seed, 0, 2, &mut a);
         for b in &a {
             p.release(1, b);
         }
         let mut again = Vec::new();
-        p.pick(2, &seed, 2, &mut again);
+        p.pick(2, &seed, 0, 2, &mut again);
         assert_eq!(a, again);
     }
 }

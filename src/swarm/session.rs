@@ -191,7 +191,10 @@ impl Session {
         parent: PathBuf,
         opts: SessionOptions,
     ) -> Arc<Session> {
-        let storage = Arc::new(Storage::new(meta.clone(), &parent, opts.mode));
+        let storage = Arc::new(match &opts.content_dir {
+            Some(root) => Storage::with_root(meta.clone(), root, opts.mode),
+            None => Storage::new(meta.clone(), &parent, opts.mode),
+        });
         let total = meta.total_length;
         let (progress_tx, _) = watch::channel(Progress {
             state: SessionState::Checking,
@@ -916,7 +919,7 @@ impl Session {
                         ));
                     }
                     let block = BlockRef { piece, begin, len };
-                    p.inflight.remove(&block);
+                    let was_requested = p.inflight.remove(&block);
                     p.down_total += len as u64;
                     p.last_block = Instant::now();
                     if p.depth < 4 {
@@ -946,6 +949,7 @@ impl Session {
                             }
                         }
                         BlockOutcome::Unwanted => {
+                            tracing::debug!(?block, was_requested, "unwanted block");
                             self.wasted.fetch_add(len as u64, Ordering::Relaxed);
                             if let Some(p) = st.peers.get_mut(&key) {
                                 p.wasted += len as u64;
@@ -1026,7 +1030,7 @@ impl Session {
             return;
         }
         let mut out = Vec::with_capacity(deficit);
-        picker.pick(key, &p.has, deficit, &mut out);
+        picker.pick(key, &p.has, have, deficit, &mut out);
         if out.is_empty() {
             tracing::trace!(
                 inflight = have,

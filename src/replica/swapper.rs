@@ -1,0 +1,233 @@
+//! The swap: the only code that touches what the search server reads.
+//!
+//! `symlink` mode: `DATA/current` is a symlink to `versions/<n>`; a new
+//! symlink is made as `current.tmp` and renamed over `current` (one
+//! `rename(2)`, atomic), then `DATA` is fsynced so the rename survives a
+//! crash. A reader sees the old version or the new one, never a mix.
+//!
+//! `solr` mode mirrors Solr's own replication: the version is placed as
+//! `<core data dir>/index.<timestamp>` (hard links, so no copy), then
+//! `index.properties` is replaced atomically to point at it, then the core is
+//! reloaded through the core-admin API. A failed reload is reported, not
+//! rolled back: the files on disk are already consistent and a later reload
+//! (or restart) of Solr picks them up.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::SolrConfig;
+use crate::master::registry::write_atomic;
+use crate::storage::sync_dir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SwapError + '_ {
+    move |source| SwapError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The version `DATA/current` points at, if any.
+pub fn read_current(data_dir: &Path) -> Option<u64> {
+    let target = std::fs::read_link(data_dir.join("current")).ok()?;
+    let name = target.file_name()?.to_str()?;
+    name.parse().ok()
+}
+
+/// Points `DATA/current` at `versions/<version>`, atomically and durably.
+pub fn swap_symlink(data_dir: &Path, version: u64) -> Result<PathBuf, SwapError> {
+    let tmp = data_dir.join("current.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let target = PathBuf::from("versions").join(version.to_string());
+    std::os::unix::fs::symlink(&target, &tmp).map_err(io(&tmp))?;
+    let current = data_dir.join("current");
+    std::fs::rename(&tmp, &current).map_err(io(&current))?;
+    sync_dir(data_dir).map_err(|e| SwapError::Io {
+        path: data_dir.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(data_dir.join(target))
+}
+
+/// Hard-links (or copies) every file of `src` into `dst`, recreating directories.
+fn link_tree(src: &Path, dst: &Path) -> Result<(), SwapError> {
+    for e in walkdir::WalkDir::new(src).follow_links(false) {
+        let e = e.map_err(|e| SwapError::Io {
+            path: src.to_path_buf(),
+            source: e.into(),
+        })?;
+        let rel = e.path().strip_prefix(src).unwrap_or(Path::new(""));
+        let target = dst.join(rel);
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&target).map_err(io(&target))?;
+        } else if e.file_type().is_file() && std::fs::hard_link(e.path(), &target).is_err() {
+            std::fs::copy(e.path(), &target).map_err(io(&target))?;
+            std::fs::File::open(&target)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&target))?;
+        }
+    }
+    Ok(())
+}
+
+/// Solr's timestamp format: yyyyMMddHHmmssSSS, UTC.
+pub fn solr_timestamp_now() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}{:03}",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// The index directory `index.properties` names, if any.
+pub fn solr_current_index(core_data_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(core_data_dir.join("index.properties")).ok()?;
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .find_map(|l| {
+            l.split_once('=')
+                .filter(|(k, _)| k.trim() == "index")
+                .map(|(_, v)| v.trim().to_string())
+        })
+}
+
+/// What a Solr swap did.
+pub struct SolrSwap {
+    pub index_dir: PathBuf,
+    /// Set when the files were swapped but the core reload failed.
+    pub reload_error: Option<String>,
+}
+
+pub async fn swap_solr(
+    cfg: &SolrConfig,
+    version_dir: &Path,
+    http: &reqwest::Client,
+) -> Result<SolrSwap, SwapError> {
+    std::fs::create_dir_all(&cfg.core_data_dir).map_err(io(&cfg.core_data_dir))?;
+    let name = format!("index.{}", solr_timestamp_now());
+    let tmp = cfg.core_data_dir.join(format!("{name}.indexswarm-tmp"));
+    let index_dir = cfg.core_data_dir.join(&name);
+    let _ = std::fs::remove_dir_all(&tmp);
+    link_tree(version_dir, &tmp)?;
+    std::fs::rename(&tmp, &index_dir).map_err(io(&index_dir))?;
+    sync_dir(&cfg.core_data_dir).map_err(|e| SwapError::Io {
+        path: cfg.core_data_dir.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let props = cfg.core_data_dir.join("index.properties");
+    let body = format!("#index.properties written by indexswarm\nindex={name}\n");
+    write_atomic(&props, body.as_bytes()).map_err(io(&props))?;
+
+    let url = format!(
+        "{}{}action=RELOAD&core={}&wt=json",
+        cfg.core_admin_url,
+        if cfg.core_admin_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        },
+        crate::tracker::protocol::url_bytes(cfg.core.as_bytes())
+    );
+    let reload_error = match http.get(&url).timeout(Duration::from_secs(60)).send().await {
+        Ok(r) if r.status().is_success() => None,
+        Ok(r) => Some(format!("core RELOAD answered HTTP {}", r.status().as_u16())),
+        Err(e) => Some(format!("core RELOAD failed: {e}")),
+    };
+    Ok(SolrSwap {
+        index_dir,
+        reload_error,
+    })
+}
+
+/// Runs the `on_swap` hook: an `http(s)://` URL gets a JSON POST, anything
+/// else runs under `sh -c` with `INDEXSWARM_VERSION`, `INDEXSWARM_PATH` and
+/// `INDEXSWARM_INFO_HASH` in its environment. A minute at most.
+pub async fn run_hook(
+    hook: &str,
+    http: &reqwest::Client,
+    version: u64,
+    path: &Path,
+    info_hash: &str,
+) -> Result<(), String> {
+    const LIMIT: Duration = Duration::from_secs(60);
+    if hook.starts_with("http://") || hook.starts_with("https://") {
+        let body = serde_json::json!({"version": version, "path": path, "info_hash": info_hash});
+        return match http.post(hook).json(&body).timeout(LIMIT).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!(
+                "on_swap {hook} answered HTTP {}",
+                r.status().as_u16()
+            )),
+            Err(e) => Err(format!("on_swap {hook}: {e}")),
+        };
+    }
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(hook)
+        .env("INDEXSWARM_VERSION", version.to_string())
+        .env("INDEXSWARM_PATH", path)
+        .env("INDEXSWARM_INFO_HASH", info_hash)
+        .kill_on_drop(true);
+    match tokio::time::timeout(LIMIT, cmd.status()).await {
+        Ok(Ok(s)) if s.success() => Ok(()),
+        Ok(Ok(s)) => Err(format!("on_swap command exited with {s}")),
+        Ok(Err(e)) => Err(format!("on_swap command could not run: {e}")),
+        Err(_) => Err("on_swap command took longer than 60 s".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlink_swap_replaces_current_atomically() {
+        let d = tempfile::tempdir().unwrap();
+        for v in [1, 2] {
+            std::fs::create_dir_all(d.path().join(format!("versions/{v}"))).unwrap();
+            std::fs::write(d.path().join(format!("versions/{v}/f")), format!("v{v}")).unwrap();
+        }
+        assert_eq!(read_current(d.path()), None);
+        swap_symlink(d.path(), 1).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("current/f")).unwrap(),
+            "v1"
+        );
+        swap_symlink(d.path(), 2).unwrap();
+        assert_eq!(read_current(d.path()), Some(2));
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("current/f")).unwrap(),
+            "v2"
+        );
+        assert!(!d.path().join("current.tmp").exists());
+    }
+
+    #[test]
+    fn solr_properties_are_parsed() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("index.properties"),
+            "#x\nindex=index.20261124133000123\n",
+        )
+        .unwrap();
+        assert_eq!(
+            solr_current_index(d.path()).as_deref(),
+            Some("index.20261124133000123")
+        );
+        assert_eq!(solr_timestamp_now().len(), 17);
+    }
+}
