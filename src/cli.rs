@@ -49,6 +49,8 @@ pub enum Command {
     Master(MasterArgs),
     /// Run the replica sidecar: poll the master, fetch new versions, swap them in.
     Replica(ReplicaArgs),
+    /// Show the whole system: a master and three replicas on loopback replicate two index versions.
+    Demo(crate::demo::DemoOptions),
     /// Download a torrent (resuming verified pieces), optionally keep seeding.
     /// Prints a JSON summary (bytes downloaded, resumed, seconds) on stdout when complete.
     Fetch(FetchArgs),
@@ -175,6 +177,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Fetch(a) => fetch(a).await,
         Command::Master(a) => master(a).await,
         Command::Replica(a) => replica(a).await,
+        Command::Demo(a) => crate::demo::run(a).await,
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`cli`]: subcommands → library calls.
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod master;
 pub mod metainfo;

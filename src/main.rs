@@ -5,7 +5,13 @@ use clap::Parser;
 
 fn main() {
     let cli = indexswarm::cli::Cli::parse();
-    indexswarm::telemetry::init(cli.log_format);
+    // The demo runs four nodes in one process: keep their logs to warnings
+    // unless RUST_LOG asks for more, so its report stays readable.
+    let default_level = match cli.command {
+        indexswarm::cli::Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    indexswarm::telemetry::init(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -633,13 +633,13 @@ impl Replica {
     /// `/status`.
     pub fn status(&self) -> Status {
         let sessions = self.engine.sessions();
-        let (mut up, mut up_rate, mut peers) = (0, 0, 0);
+        let (mut up_rate, mut peers) = (0, 0);
         for s in &sessions {
             let p = s.snapshot();
-            up += p.uploaded;
             up_rate += p.upload_rate;
             peers += p.peers;
         }
+        let (up, _) = self.engine.totals();
         let seeding: Vec<u64> = self.seeding.lock().iter().map(|s| s.version).collect();
         let mut st = self.status.lock().clone();
         st.bytes_uploaded = up;

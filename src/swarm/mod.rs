@@ -125,6 +125,9 @@ pub(crate) struct EngineInner {
     pub tasks: TaskTracker,
     pub hash_sem: Arc<Semaphore>,
     pub hash_threads: usize,
+    /// Payload moved by sessions that have since stopped, so totals survive them.
+    pub retired_uploaded: std::sync::atomic::AtomicU64,
+    pub retired_downloaded: std::sync::atomic::AtomicU64,
 }
 
 /// The process's BitTorrent engine. Clone freely.
@@ -174,6 +177,8 @@ impl Engine {
             tasks: TaskTracker::new(),
             hash_sem: Arc::new(Semaphore::new(cores)),
             hash_threads: cores,
+            retired_uploaded: Default::default(),
+            retired_downloaded: Default::default(),
         });
         let engine = Engine { inner };
         let e = engine.clone();
@@ -255,6 +260,20 @@ impl Engine {
     /// The running session for `h`, if any.
     pub fn get(&self, h: &InfoHash) -> Option<Arc<Session>> {
         self.inner.sessions.lock().get(h).cloned()
+    }
+
+    /// Payload bytes (uploaded, downloaded) over the engine's life, stopped sessions included.
+    pub fn totals(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let live = self
+            .sessions()
+            .iter()
+            .map(|s| s.snapshot())
+            .fold((0, 0), |a, p| (a.0 + p.uploaded, a.1 + p.downloaded));
+        (
+            live.0 + self.inner.retired_uploaded.load(Relaxed),
+            live.1 + self.inner.retired_downloaded.load(Relaxed),
+        )
     }
 
     pub fn sessions(&self) -> Vec<Arc<Session>> {

@@ -357,7 +357,20 @@ impl Session {
             st.peers.clear();
         }
         self.publish();
-        self.engine.sessions.lock().remove(&self.meta.info_hash);
+        if self
+            .engine
+            .sessions
+            .lock()
+            .remove(&self.meta.info_hash)
+            .is_some()
+        {
+            self.engine
+                .retired_uploaded
+                .fetch_add(self.uploaded.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.engine
+                .retired_downloaded
+                .fetch_add(self.downloaded.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
         self.storage.close_all();
     }
 

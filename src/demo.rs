@@ -1,0 +1,445 @@
+//! `indexswarm demo`: the whole system in one process on loopback.
+//!
+//! A master and three replicas (each its own engine, ports and data
+//! directory) replicate a generated index snapshot shaped like a Lucene
+//! index, then a second snapshot that adds a segment and rewrites the small
+//! metadata files, exactly as a commit would. It prints what moved where and
+//! exits 0 only if every replica verified and swapped to both versions with
+//! files identical to the master's.
+//!
+//! The snapshot generator is public: benchmarks and tests build their data
+//! with it too.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{MasterConfig, ReplicaConfig, SwapMode};
+use crate::master::Master;
+use crate::replica::Replica;
+use crate::units::human_bytes;
+
+/// Deterministic incompressible bytes (xorshift64), fast enough for GiBs.
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes a Lucene-shaped index of about `size` bytes into `dir`: three
+/// large merged segments, eight small flushed segments of several files
+/// each, and a `segments_1` commit point.
+pub fn generate_snapshot(dir: &Path, size: u64, seed: u64) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let big = [0.45, 0.25, 0.15];
+    for (i, share) in big.iter().enumerate() {
+        let len = (size as f64 * share) as usize;
+        std::fs::write(
+            dir.join(format!("_{i}.cfs")),
+            pseudo_random(seed + i as u64, len),
+        )?;
+        std::fs::write(
+            dir.join(format!("_{i}.cfe")),
+            pseudo_random(seed + 100 + i as u64, 400),
+        )?;
+        std::fs::write(
+            dir.join(format!("_{i}.si")),
+            pseudo_random(seed + 200 + i as u64, 380),
+        )?;
+    }
+    let small_total = (size as f64 * 0.15) as usize;
+    for s in 0..8u64 {
+        let name = format!("_{}", s + 3);
+        let per = small_total / 8;
+        let parts = [
+            ("fdt", per / 2),
+            ("fdx", per / 16),
+            ("tim", per / 4),
+            ("tip", per / 32),
+            ("doc", per / 8),
+        ];
+        for (j, (ext, len)) in parts.iter().enumerate() {
+            std::fs::write(
+                dir.join(format!("{name}.{ext}")),
+                pseudo_random(seed * 31 + s * 7 + j as u64, *len),
+            )?;
+        }
+        std::fs::write(
+            dir.join(format!("{name}.si")),
+            pseudo_random(seed + 300 + s, 360),
+        )?;
+        std::fs::write(
+            dir.join(format!("{name}.fnm")),
+            pseudo_random(seed + 400 + s, 1200),
+        )?;
+    }
+    std::fs::write(dir.join("segments_1"), pseudo_random(seed + 999, 1500))?;
+    Ok(())
+}
+
+/// The next commit: every segment of `prev` kept (hard links), one new
+/// segment of `new_bytes`, and the commit point rewritten.
+pub fn next_snapshot(prev: &Path, dir: &Path, new_bytes: u64, seed: u64) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for e in std::fs::read_dir(prev)? {
+        let e = e?;
+        let name = e.file_name();
+        let n = name.to_string_lossy();
+        if n.starts_with("segments_") {
+            continue;
+        }
+        let target = dir.join(&name);
+        if std::fs::hard_link(e.path(), &target).is_err() {
+            std::fs::copy(e.path(), &target)?;
+        }
+    }
+    std::fs::write(dir.join("_n.cfs"), pseudo_random(seed, new_bytes as usize))?;
+    std::fs::write(dir.join("_n.cfe"), pseudo_random(seed + 1, 420))?;
+    std::fs::write(dir.join("_n.si"), pseudo_random(seed + 2, 390))?;
+    std::fs::write(dir.join("segments_2"), pseudo_random(seed + 3, 1600))?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoOptions {
+    /// Size of the generated index (the second version adds about 5%).
+    #[arg(long, default_value = "256M")]
+    pub size: crate::units::ByteSize,
+    /// Number of replicas.
+    #[arg(long, default_value_t = 3)]
+    pub replicas: usize,
+    /// Work here instead of a temporary directory, and keep it afterwards.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+struct Node {
+    name: String,
+    replica: Arc<Replica>,
+}
+
+/// Compares two directory trees file by file.
+fn same_tree(a: &Path, b: &Path) -> std::io::Result<bool> {
+    let list = |root: &Path| -> std::io::Result<Vec<(PathBuf, u64)>> {
+        let mut v = Vec::new();
+        for e in walkdir::WalkDir::new(root).follow_links(true).min_depth(1) {
+            let e = e.map_err(std::io::Error::other)?;
+            if e.file_type().is_file() {
+                v.push((
+                    e.path()
+                        .strip_prefix(root)
+                        .unwrap_or(e.path())
+                        .to_path_buf(),
+                    e.metadata().map_err(std::io::Error::other)?.len(),
+                ));
+            }
+        }
+        v.sort();
+        Ok(v)
+    };
+    let (la, lb) = (list(a)?, list(b)?);
+    if la != lb {
+        return Ok(false);
+    }
+    for (p, _) in la {
+        if std::fs::read(a.join(&p))? != std::fs::read(b.join(&p))? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn wait_for_version(nodes: &[Node], version: u64, limit: Duration) -> Result<Vec<f64>> {
+    let start = Instant::now();
+    let mut done: Vec<Option<f64>> = vec![None; nodes.len()];
+    loop {
+        for (i, n) in nodes.iter().enumerate() {
+            if done[i].is_none() && n.replica.live_version() == Some(version) {
+                done[i] = Some(start.elapsed().as_secs_f64());
+            }
+        }
+        if done.iter().all(Option::is_some) {
+            return Ok(done.into_iter().flatten().collect());
+        }
+        if start.elapsed() > limit {
+            let states: Vec<String> = nodes
+                .iter()
+                .map(|n| {
+                    let s = n.replica.status();
+                    format!(
+                        "{}: {:?} v{:?} {:.0}% {}",
+                        n.name,
+                        s.state,
+                        s.current_version,
+                        s.progress * 100.0,
+                        s.last_error.unwrap_or_default()
+                    )
+                })
+                .collect();
+            bail!(
+                "version {version} did not reach every replica within {limit:?}: {}",
+                states.join("; ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn post_snapshot(http: &reqwest::Client, base: &str, name: &str) -> Result<u64> {
+    let r = http
+        .post(format!("{base}/snapshot"))
+        .json(&serde_json::json!({ "path": name }))
+        .send()
+        .await
+        .context("POST /snapshot")?;
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.context("POST /snapshot reply")?;
+    if !status.is_success() {
+        bail!("POST /snapshot answered {status}: {body}");
+    }
+    body["version"]
+        .as_u64()
+        .context("version number in the reply")
+}
+
+/// Runs the demo; returns an error (exit 1) if any replica failed.
+pub async fn run(opts: DemoOptions) -> Result<()> {
+    if opts.replicas == 0 {
+        bail!("--replicas must be at least 1");
+    }
+    let tmp;
+    let root = match &opts.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("indexswarm-demo-")
+                .tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let size = opts.size.0.max(1 << 20);
+    println!(
+        "indexswarm demo: 1 master + {} replicas on loopback, in {}",
+        opts.replicas,
+        root.display()
+    );
+
+    let snapshots = root.join("master/snapshots");
+    let staging = root.join("master/staging");
+    let http_port = free_port()?;
+    let public_url = format!("http://127.0.0.1:{http_port}");
+    let mcfg = MasterConfig {
+        snapshots_dir: snapshots.clone(),
+        state_dir: root.join("master/state"),
+        http_listen: ([127, 0, 0, 1], http_port).into(),
+        peer_listen: ([127, 0, 0, 1], 0).into(),
+        public_url: public_url.clone(),
+        settle: Duration::from_secs(3600), // the demo publishes explicitly, with POST /snapshot
+        marker_file: None,
+        keep_versions: 3,
+        delete_old_snapshots: false,
+        upload_limit: 0,
+        api_token: None,
+        piece_length: None,
+        align_files: true,
+        rescan: Duration::from_secs(3600),
+        announce_interval: Duration::from_secs(5),
+    };
+    let shutdown = CancellationToken::new();
+    // Replicas stop first so their `stopped` announces still reach the master.
+    let replicas_shutdown = CancellationToken::new();
+    let master = Master::start(mcfg.clone())
+        .await
+        .context("starting the master")?;
+    let (_, server) = crate::http::serve(
+        crate::http::master::routes(master.clone()),
+        mcfg.http_listen,
+        shutdown.clone(),
+    )?;
+    tokio::spawn(server);
+    tokio::spawn(master.clone().run(shutdown.clone()));
+
+    let mut nodes = Vec::new();
+    for i in 1..=opts.replicas {
+        let cfg = ReplicaConfig {
+            master_url: public_url.clone(),
+            data_dir: root.join(format!("replica-{i}")),
+            http_listen: ([127, 0, 0, 1], free_port()?).into(),
+            peer_listen: ([127, 0, 0, 1], 0).into(),
+            poll_interval: Duration::from_secs(1),
+            keep_versions: 2,
+            mode: SwapMode::Symlink,
+            on_swap: None,
+            download_limit: 0,
+            upload_limit: 0,
+            seed_old: Duration::from_secs(60),
+        };
+        let replica = Replica::start(cfg.clone())
+            .await
+            .with_context(|| format!("starting replica {i}"))?;
+        let (_, server) = crate::http::serve(
+            crate::http::replica::routes(replica.clone()),
+            cfg.http_listen,
+            replicas_shutdown.clone(),
+        )?;
+        tokio::spawn(server);
+        tokio::spawn(replica.clone().run(replicas_shutdown.clone()));
+        nodes.push(Node {
+            name: format!("replica-{i}"),
+            replica,
+        });
+    }
+    let http = reqwest::Client::new();
+    let limit = Duration::from_secs(600);
+
+    // Version 1.
+    let t = Instant::now();
+    let name1 = "snapshot.20261124120000000";
+    generate_snapshot(&staging.join(name1), size, 1)?;
+    std::fs::rename(staging.join(name1), snapshots.join(name1))?;
+    println!(
+        "\ngenerated {name1}: {} in {:.1}s",
+        human_bytes(dir_size(&snapshots.join(name1))),
+        t.elapsed().as_secs_f64()
+    );
+    let mut report = Report::default();
+    let v1 = post_snapshot(&http, &public_url, name1).await?;
+    report
+        .phase(&master, &nodes, v1, name1, &snapshots, limit)
+        .await?;
+
+    // Version 2: a new segment (~5%) and a rewritten commit point.
+    let name2 = "snapshot.20261124121500000";
+    next_snapshot(&snapshots.join(name1), &staging.join(name2), size / 20, 2)?;
+    std::fs::rename(staging.join(name2), snapshots.join(name2))?;
+    let v2 = post_snapshot(&http, &public_url, name2).await?;
+    report
+        .phase(&master, &nodes, v2, name2, &snapshots, limit)
+        .await?;
+
+    replicas_shutdown.cancel();
+    futures::future::join_all(nodes.iter().map(|n| n.replica.engine.shutdown())).await;
+    shutdown.cancel();
+    master.engine.shutdown().await;
+    println!("\nall {} replicas verified and swapped to versions {v1} and {v2}; files identical to the master's", nodes.len());
+    if opts.dir.is_some() {
+        println!("kept {}", root.display());
+    }
+    Ok(())
+}
+
+fn dir_size(p: &Path) -> u64 {
+    walkdir::WalkDir::new(p)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[derive(Default)]
+struct Report {
+    uploaded_before: Vec<u64>,
+}
+
+impl Report {
+    async fn phase(
+        &mut self,
+        master: &Arc<Master>,
+        nodes: &[Node],
+        version: u64,
+        name: &str,
+        snapshots: &Path,
+        limit: Duration,
+    ) -> Result<()> {
+        let uploaded = |master: &Arc<Master>, nodes: &[Node]| -> Vec<u64> {
+            let m = master.engine.totals().0;
+            std::iter::once(m)
+                .chain(nodes.iter().map(|n| n.replica.status().bytes_uploaded))
+                .collect()
+        };
+        if self.uploaded_before.is_empty() {
+            self.uploaded_before = vec![0; nodes.len() + 1];
+        }
+        let before = self.uploaded_before.clone();
+        let total = dir_size(&snapshots.join(name));
+        println!(
+            "\nversion {version} ({name}, {}) published; replicating…",
+            human_bytes(total)
+        );
+        let times = wait_for_version(nodes, version, limit).await?;
+        let now = uploaded(master, nodes);
+        // Session counters of retired sessions vanish; never report negative deltas.
+        let served: Vec<u64> = now
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
+        self.uploaded_before = now;
+        println!(
+            "  {:<10} {:>12} {:>12} {:>10} {:>10}",
+            "replica", "downloaded", "reused", "time", "identical"
+        );
+        let mut network = 0;
+        for (n, secs) in nodes.iter().zip(&times) {
+            let s = n.replica.status();
+            let path = PathBuf::from(s.current_path.clone().unwrap_or_default());
+            let same = same_tree(&snapshots.join(name), &path).unwrap_or(false);
+            if !same {
+                bail!(
+                    "{}: version {version} differs from the master's snapshot",
+                    n.name
+                );
+            }
+            network += s.bytes_downloaded;
+            println!(
+                "  {:<10} {:>12} {:>12} {:>9.2}s {:>10}",
+                n.name,
+                human_bytes(s.bytes_downloaded),
+                human_bytes(s.bytes_reused),
+                secs,
+                if same { "yes" } else { "NO" }
+            );
+        }
+        println!(
+            "  moved over the network: {} for {} replicas ({} per replica)",
+            human_bytes(network),
+            nodes.len(),
+            human_bytes(network / nodes.len() as u64)
+        );
+        println!("  who served it:");
+        let names: Vec<String> = std::iter::once("master".to_string())
+            .chain(nodes.iter().map(|n| n.name.clone()))
+            .collect();
+        let sum: u64 = served.iter().sum::<u64>().max(1);
+        for (n, b) in names.iter().zip(&served) {
+            println!(
+                "    {:<10} {:>12}  ({:>3.0}%)",
+                n,
+                human_bytes(*b),
+                *b as f64 * 100.0 / sum as f64
+            );
+        }
+        Ok(())
+    }
+}
