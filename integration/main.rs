@@ -4,6 +4,7 @@
 
 mod common;
 mod hostile;
+mod search;
 mod interop;
 mod torrents;
 mod tracker;
