@@ -79,8 +79,9 @@ fn schema() -> Schema {
 }
 
 const WORDS: &[&str] = &[
-    "replica", "segment", "merge", "commit", "shard", "query", "token", "index", "swarm", "piece", "seed", "tracker",
-    "latency", "search", "field", "score", "vector", "posting", "term", "document",
+    "replica", "segment", "merge", "commit", "shard", "query", "token", "index", "swarm", "piece",
+    "seed", "tracker", "latency", "search", "field", "score", "vector", "posting", "term",
+    "document",
 ];
 
 fn build(out: &Path, docs: usize, from: Option<&Path>, add: Option<&str>) -> Result<()> {
@@ -88,7 +89,11 @@ fn build(out: &Path, docs: usize, from: Option<&Path>, add: Option<&str>) -> Res
         bail!("{} already exists", out.display());
     }
     let parent = out.parent().context("--out needs a parent directory")?;
-    let name = out.file_name().context("--out needs a name")?.to_string_lossy().into_owned();
+    let name = out
+        .file_name()
+        .context("--out needs a name")?
+        .to_string_lossy()
+        .into_owned();
     // Built beside the snapshots directory's watch, then renamed in at once.
     let work = parent.join(format!(".{name}.building"));
     let _ = std::fs::remove_dir_all(&work);
@@ -138,7 +143,9 @@ fn build(out: &Path, docs: usize, from: Option<&Path>, add: Option<&str>) -> Res
 
 /// Reads every file of `dir` into memory and opens it as an index.
 fn load(dir: &Path) -> Result<(Index, PathBuf)> {
-    let real = dir.canonicalize().with_context(|| format!("{} does not exist yet", dir.display()))?;
+    let real = dir
+        .canonicalize()
+        .with_context(|| format!("{} does not exist yet", dir.display()))?;
     let ram = RamDirectory::create();
     for e in std::fs::read_dir(&real)? {
         let e = e?;
@@ -160,7 +167,12 @@ struct Loaded {
 fn open(dir: &Path, generation: u64) -> Result<Loaded> {
     let (index, path) = load(dir)?;
     let reader = index.reader()?;
-    Ok(Loaded { index, reader, path, generation })
+    Ok(Loaded {
+        index,
+        reader,
+        path,
+        generation,
+    })
 }
 
 fn search(l: &Loaded, q: &str) -> Result<serde_json::Value> {
@@ -173,11 +185,17 @@ fn search(l: &Loaded, q: &str) -> Result<serde_json::Value> {
         .into_iter()
         .filter_map(|(score, addr)| {
             let d: TantivyDocument = searcher.doc(addr).ok()?;
-            let idv = d.get_first(id).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            let idv = d
+                .get_first(id)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string();
             Some(serde_json::json!({"id": idv, "score": score}))
         })
         .collect();
-    Ok(serde_json::json!({"query": q, "total": hits.len(), "hits": hits, "index": l.path, "generation": l.generation}))
+    Ok(
+        serde_json::json!({"query": q, "total": hits.len(), "hits": hits, "index": l.path, "generation": l.generation}),
+    )
 }
 
 async fn serve(index_dir: PathBuf, listen: SocketAddr) -> Result<()> {
@@ -190,39 +208,54 @@ async fn serve(index_dir: PathBuf, listen: SocketAddr) -> Result<()> {
         .and(warp::get())
         .and(warp::query::<std::collections::HashMap<String, String>>())
         .and(st.clone())
-        .map(|q: std::collections::HashMap<String, String>, st: Arc<RwLock<Option<Loaded>>>| {
-            let guard = st.read();
-            let reply = match (guard.as_ref(), q.get("q")) {
-                (None, _) => serde_json::json!({"error": "no index loaded yet"}),
-                (_, None) => serde_json::json!({"error": "missing q"}),
-                (Some(l), Some(q)) => search(l, q).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()})),
+        .map(
+            |q: std::collections::HashMap<String, String>, st: Arc<RwLock<Option<Loaded>>>| {
+                let guard = st.read();
+                let reply = match (guard.as_ref(), q.get("q")) {
+                    (None, _) => serde_json::json!({"error": "no index loaded yet"}),
+                    (_, None) => serde_json::json!({"error": "missing q"}),
+                    (Some(l), Some(q)) => {
+                        search(l, q).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
+                    }
+                };
+                warp::reply::json(&reply)
+            },
+        );
+    let dir = index_dir.clone();
+    let reload = warp::path!("reload").and(warp::post()).and(st.clone()).map(
+        move |st: Arc<RwLock<Option<Loaded>>>| {
+            let generation = st.read().as_ref().map(|l| l.generation + 1).unwrap_or(1);
+            let reply = match open(&dir, generation) {
+                Ok(l) => {
+                    let path = l.path.clone();
+                    *st.write() = Some(l);
+                    eprintln!("searchd: reopened {}", path.display());
+                    serde_json::json!({"reloaded": path, "generation": generation})
+                }
+                Err(e) => serde_json::json!({"error": e.to_string()}),
             };
             warp::reply::json(&reply)
-        });
-    let dir = index_dir.clone();
-    let reload = warp::path!("reload").and(warp::post()).and(st.clone()).map(move |st: Arc<RwLock<Option<Loaded>>>| {
-        let generation = st.read().as_ref().map(|l| l.generation + 1).unwrap_or(1);
-        let reply = match open(&dir, generation) {
-            Ok(l) => {
-                let path = l.path.clone();
-                *st.write() = Some(l);
-                eprintln!("searchd: reopened {}", path.display());
-                serde_json::json!({"reloaded": path, "generation": generation})
-            }
-            Err(e) => serde_json::json!({"error": e.to_string()}),
-        };
-        warp::reply::json(&reply)
-    });
-    let info = warp::path!("info").and(warp::get()).and(st).map(|st: Arc<RwLock<Option<Loaded>>>| {
-        let g = st.read();
-        warp::reply::json(&serde_json::json!({
-            "index": g.as_ref().map(|l| l.path.clone()),
-            "generation": g.as_ref().map(|l| l.generation),
-            "docs": g.as_ref().map(|l| l.reader.searcher().num_docs()),
-        }))
-    });
-    eprintln!("searchd: serving {} on http://{listen}", index_dir.display());
-    warp::serve(search_route.or(reload).or(info)).run(listen).await;
+        },
+    );
+    let info =
+        warp::path!("info")
+            .and(warp::get())
+            .and(st)
+            .map(|st: Arc<RwLock<Option<Loaded>>>| {
+                let g = st.read();
+                warp::reply::json(&serde_json::json!({
+                    "index": g.as_ref().map(|l| l.path.clone()),
+                    "generation": g.as_ref().map(|l| l.generation),
+                    "docs": g.as_ref().map(|l| l.reader.searcher().num_docs()),
+                }))
+            });
+    eprintln!(
+        "searchd: serving {} on http://{listen}",
+        index_dir.display()
+    );
+    warp::serve(search_route.or(reload).or(info))
+        .run(listen)
+        .await;
     Ok(())
 }
 
@@ -230,7 +263,12 @@ async fn serve(index_dir: PathBuf, listen: SocketAddr) -> Result<()> {
 async fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Build { out, docs, from, add } => build(&out, docs, from.as_deref(), add.as_deref()),
+        Cmd::Build {
+            out,
+            docs,
+            from,
+            add,
+        } => build(&out, docs, from.as_deref(), add.as_deref()),
         Cmd::Serve { index, listen } => serve(index, listen).await,
     };
     if let Err(e) = r {

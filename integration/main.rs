@@ -4,7 +4,7 @@
 
 mod common;
 mod hostile;
-mod search;
 mod interop;
+mod search;
 mod torrents;
 mod tracker;

@@ -11,14 +11,26 @@ use crate::common::*;
 /// `cargo test` builds the examples next to the binaries it tests.
 fn searchd() -> PathBuf {
     let p = bin().parent().expect("target dir").join("examples/searchd");
-    assert!(p.exists(), "{} missing: `cargo test` builds examples; run it from the workspace", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: `cargo test` builds examples; run it from the workspace",
+        p.display()
+    );
     p
 }
 
 fn get_json(url: &str) -> Option<serde_json::Value> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
     rt.block_on(async {
-        let r = reqwest::Client::new().get(url).timeout(Duration::from_secs(5)).send().await.ok()?;
+        let r = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
         r.json::<serde_json::Value>().await.ok()
     })
 }
@@ -33,7 +45,12 @@ fn query_for_a_version_2_document_answers_on_every_replica_after_the_swap() {
     let master_url = format!("http://127.0.0.1:{http}");
     let mut c = cmd();
     c.args(["master", "--snapshots-dir"]).arg(&snaps);
-    c.args(["--http-listen", &format!("127.0.0.1:{http}"), "--peer-listen", &format!("127.0.0.1:{peer}")]);
+    c.args([
+        "--http-listen",
+        &format!("127.0.0.1:{http}"),
+        "--peer-listen",
+        &format!("127.0.0.1:{peer}"),
+    ]);
     c.args(["--settle-secs", "1"]);
     let _master = Proc::spawn("master", c, &logs);
 
@@ -49,9 +66,20 @@ fn query_for_a_version_2_document_answers_on_every_replica_after_the_swap() {
         procs.push(Proc::spawn(&format!("searchd-{i}"), s, &logs));
         let rport = free_port();
         let mut r = cmd();
-        r.args(["replica", "--master-url", &master_url, "--data-dir"]).arg(&data);
-        r.args(["--http-listen", &format!("127.0.0.1:{rport}"), "--peer-listen", &format!("127.0.0.1:{}", free_port())]);
-        r.args(["--poll-interval-secs", "1", "--on-swap", &format!("http://127.0.0.1:{sport}/reload")]);
+        r.args(["replica", "--master-url", &master_url, "--data-dir"])
+            .arg(&data);
+        r.args([
+            "--http-listen",
+            &format!("127.0.0.1:{rport}"),
+            "--peer-listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ]);
+        r.args([
+            "--poll-interval-secs",
+            "1",
+            "--on-swap",
+            &format!("http://127.0.0.1:{sport}/reload"),
+        ]);
         procs.push(Proc::spawn(&format!("replica-{i}"), r, &logs));
         search_urls.push(format!("http://127.0.0.1:{sport}/search?q=zanzibar"));
         status_urls.push(format!("http://127.0.0.1:{rport}/status"));
@@ -66,19 +94,40 @@ fn query_for_a_version_2_document_answers_on_every_replica_after_the_swap() {
     build(&["--docs", "3000", "--out", v1.to_str().unwrap()]);
     let total = |url: &str| get_json(url).and_then(|j| j["total"].as_u64());
     for url in &search_urls {
-        wait_until(Duration::from_secs(90), "version 1 searchable on a replica", || total(url) == Some(0));
+        wait_until(
+            Duration::from_secs(90),
+            "version 1 searchable on a replica",
+            || total(url) == Some(0),
+        );
     }
 
     let v2 = snaps.join("snapshot.20261124121500000");
-    build(&["--from", v1.to_str().unwrap(), "--add", "zanzibar appears only in version two", "--out", v2.to_str().unwrap()]);
+    build(&[
+        "--from",
+        v1.to_str().unwrap(),
+        "--add",
+        "zanzibar appears only in version two",
+        "--out",
+        v2.to_str().unwrap(),
+    ]);
     for url in &search_urls {
-        wait_until(Duration::from_secs(90), "the version 2 document to be found", || total(url) == Some(1));
+        wait_until(
+            Duration::from_secs(90),
+            "the version 2 document to be found",
+            || total(url) == Some(1),
+        );
     }
     for url in &status_urls {
         let s = get_json(url).expect("replica status");
         assert_eq!(s["current_version"], 2);
-        assert!(s["bytes_reused"].as_u64().unwrap() > 0, "old segments are reused: {s}");
+        assert!(
+            s["bytes_reused"].as_u64().unwrap() > 0,
+            "old segments are reused: {s}"
+        );
         let hits = get_json(&search_urls[0]).unwrap();
-        assert!(hits["index"].as_str().unwrap().ends_with("versions/2"), "{hits}");
+        assert!(
+            hits["index"].as_str().unwrap().ends_with("versions/2"),
+            "{hits}"
+        );
     }
 }
