@@ -24,10 +24,10 @@ import time
 import libtorrent as lt
 
 
-def session(port, upload_limit=0, download_limit=0, high_performance=True):
+def session(port, upload_limit=0, download_limit=0, high_performance=True, bind="127.0.0.1"):
     pack = lt.high_performance_seed() if high_performance else lt.default_settings()
     pack.update({
-        "listen_interfaces": "127.0.0.1:%d" % port,
+        "listen_interfaces": "%s:%d" % (bind, port),
         "enable_outgoing_utp": False,
         "enable_incoming_utp": False,
         "allow_multiple_connections_per_ip": True,
@@ -106,7 +106,7 @@ def cmd_make(a):
 
 
 def cmd_seed(a):
-    ses = session(a.port, upload_limit=a.upload_limit)
+    ses = session(a.port, upload_limit=a.upload_limit, bind=a.bind)
     add(ses, a.torrent, a.parent, a.peer, seed_mode=a.seed_mode)
     print(json.dumps({"listening": ses.listen_port()}), flush=True)
     while True:
@@ -114,7 +114,7 @@ def cmd_seed(a):
 
 
 def cmd_leech(a):
-    ses = session(a.port, upload_limit=a.upload_limit, download_limit=a.download_limit)
+    ses = session(a.port, upload_limit=a.upload_limit, download_limit=a.download_limit, bind=a.bind)
     start = time.time()
     h = add(ses, a.torrent, a.parent, a.peer)
     deadline = start + a.timeout
@@ -151,6 +151,7 @@ def main():
         s.add_argument("--timeout", type=float, default=120)
         s.add_argument("--seed-after", action="store_true")
         s.add_argument("--seed-mode", action="store_true")
+        s.add_argument("--bind", default="127.0.0.1")
     a = p.parse_args()
     return {"info": cmd_info, "check": cmd_check, "make": cmd_make, "seed": cmd_seed, "leech": cmd_leech}[a.cmd](a) or 0
 
