@@ -98,6 +98,9 @@ pub struct TrackerArgs {
     /// Announce interval in seconds that clients are asked to keep.
     #[arg(long, default_value_t = 60)]
     pub interval: u64,
+    /// Honour the `ip` parameter of announces (only behind a proxy you trust).
+    #[arg(long)]
+    pub trust_ip_param: bool,
 }
 
 #[derive(Debug, Args)]
@@ -631,6 +634,7 @@ async fn tracker(a: TrackerArgs) -> Result<()> {
         whitelist_only: a.whitelist.is_some(),
         interval: Duration::from_secs(a.interval),
         min_interval: Duration::from_secs(a.interval.min(10)),
+        trust_ip_param: a.trust_ip_param,
         ..TrackerConfig::default()
     };
     let tracker = Tracker::new(cfg);

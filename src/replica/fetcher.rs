@@ -103,6 +103,7 @@ pub fn reuse_files(
         if std::fs::hard_link(&src, &dst).is_err() {
             // Another filesystem, or links not allowed: copy through a temp name.
             let tmp = dst.with_extension("indexswarm-copy");
+            let _ = std::fs::remove_file(&tmp); // left by a crash mid-copy
             std::fs::copy(&src, &tmp)?;
             std::fs::rename(&tmp, &dst)?;
         }

@@ -462,6 +462,35 @@ mod tests {
         assert_eq!(t.announce(&other, LOCAL).unwrap_err(), "tracker is full");
     }
 
+    #[test]
+    fn static_seeds_are_listed_to_leechers_only() {
+        let t = Tracker::new(TrackerConfig::default());
+        let h = InfoHash([9; 20]);
+        t.register(h);
+        t.add_static_seed(h, [0xaa; 20], "10.0.0.1:6881".parse().unwrap());
+        let r = t.announce(&req(1, 100, Event::Started), LOCAL).unwrap();
+        assert_eq!(
+            r.peers
+                .iter()
+                .map(|p| p.addr.to_string())
+                .collect::<Vec<_>>(),
+            vec!["10.0.0.1:6881"]
+        );
+        assert_eq!(r.complete, 1);
+        let seed = t.announce(&req(2, 0, Event::Started), LOCAL).unwrap();
+        assert!(
+            seed.peers.iter().all(|p| p.addr.port() != 6881),
+            "a seeder is not sent to seeders"
+        );
+        t.unregister(&h);
+        t.register(h);
+        let r = t.announce(&req(3, 100, Event::Started), LOCAL).unwrap();
+        assert!(
+            r.peers.iter().all(|p| p.addr.port() != 6881),
+            "unregister forgets the static seed"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn peers_expire_after_two_intervals() {
         let t = Tracker::new(TrackerConfig {
