@@ -5,6 +5,7 @@
 mod common;
 mod hostile;
 mod interop;
+mod master;
 mod search;
 mod torrents;
 mod tracker;

@@ -79,10 +79,46 @@ fn resolve(snapshots: &Path, given: &str) -> Result<String, (StatusCode, String)
         })
 }
 
+/// Largest `POST /snapshot` body accepted.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// Why a request body could not be read.
+enum BodyError {
+    TooLarge,
+    Read(String),
+}
+
+/// The request body, at most `BODY_LIMIT` bytes. Unlike
+/// `warp::body::content_length_limit`, which rejects any request without a
+/// `Content-Length` header, a body-less `curl -X POST URL` reads as empty,
+/// and a chunked body is still bounded.
+async fn read_body<S, B>(body: S) -> Result<Bytes, BodyError>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use futures::StreamExt;
+    futures::pin_mut!(body);
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            if out.len() + part.len() > BODY_LIMIT {
+                return Err(BodyError::TooLarge);
+            }
+            out.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
 async fn post_snapshot(
     master: Arc<Master>,
     auth: Option<String>,
-    body: Bytes,
+    body: Result<Bytes, BodyError>,
 ) -> Result<Reply, warp::Rejection> {
     if let Some(token) = &master.cfg.api_token {
         let ok = auth
@@ -96,6 +132,21 @@ async fn post_snapshot(
             ));
         }
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            return Ok(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {BODY_LIMIT} bytes"),
+            ))
+        }
+        Err(BodyError::Read(e)) => {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
+            ))
+        }
+    };
     let req: SnapshotRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
         SnapshotRequest { path: None }
     } else {
@@ -144,8 +195,7 @@ pub fn routes(
         .and(warp::post())
         .and(m.clone())
         .and(warp::header::optional::<String>("authorization"))
-        .and(warp::body::content_length_limit(64 * 1024))
-        .and(warp::body::bytes())
+        .and(warp::body::stream().then(read_body))
         .and_then(post_snapshot);
 
     let versions = warp::path!("versions")
