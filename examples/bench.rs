@@ -102,7 +102,10 @@ enum Cmd {
 fn exe_dir() -> PathBuf {
     let me = std::env::current_exe().expect("current exe");
     // target/release/examples/bench → target/release
-    me.parent().and_then(|p| p.parent()).map(Path::to_path_buf).expect("target dir")
+    me.parent()
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf)
+        .expect("target dir")
 }
 
 fn indexswarm() -> PathBuf {
@@ -116,15 +119,36 @@ fn lt_peer() -> PathBuf {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let sha = std::fs::read_to_string("/proc/cpuinfo").map(|c| c.contains(" sha_ni")).unwrap_or(false);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let sha = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| c.contains(" sha_ni"))
+        .unwrap_or(false);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0) / 1024 / 1024))
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+                    / 1024
+                    / 1024
+            })
+        })
         .unwrap_or(0);
-    format!("{cpu}, {cores} cores{}, {mem} GiB RAM", if sha { ", SHA-NI" } else { "" })
+    format!(
+        "{cpu}, {cores} cores{}, {mem} GiB RAM",
+        if sha { ", SHA-NI" } else { "" }
+    )
 }
 
 fn header(title: &str) {
@@ -132,7 +156,11 @@ fn header(title: &str) {
     let args: Vec<String> = std::env::args().skip(1).collect();
     println!("\n### {title}\n");
     println!("- machine: {}", machine());
-    println!("- date: {}", now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default());
+    println!(
+        "- date: {}",
+        now.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    );
     println!("- command: `bench {}`\n", args.join(" "));
 }
 
@@ -146,9 +174,14 @@ impl P {
     fn spawn(name: &str, mut c: Command, log: &Path) -> Result<P> {
         let f = std::fs::File::create(log.join(format!("{name}.log")))?;
         let out = log.join(format!("{name}.out"));
-        c.stdout(std::fs::File::create(&out)?).stderr(f).stdin(Stdio::null());
+        c.stdout(std::fs::File::create(&out)?)
+            .stderr(f)
+            .stdin(Stdio::null());
         let child = c.spawn().with_context(|| format!("starting {name}"))?;
-        Ok(P { child, name: name.into() })
+        Ok(P {
+            child,
+            name: name.into(),
+        })
     }
     fn pid(&self) -> u32 {
         self.child.id()
@@ -161,7 +194,9 @@ impl P {
 impl Drop for P {
     fn drop(&mut self) {
         // SIGTERM first so peers announce `stopped` and flush; then SIGKILL.
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if self.child.try_wait().ok().flatten().is_some() {
@@ -196,7 +231,10 @@ fn run_ok(mut c: Command) -> Result<std::process::Output> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 /// user+system CPU seconds of a live process.
@@ -211,7 +249,12 @@ fn cpu_secs(pid: u32) -> f64 {
 fn status_kb(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -242,7 +285,11 @@ impl Sampler {
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        Sampler { stop, peaks, handle: Some(handle) }
+        Sampler {
+            stop,
+            peaks,
+            handle: Some(handle),
+        }
     }
     /// (peak RssAnon KiB, last CPU seconds) per pid.
     fn finish(mut self) -> HashMap<u32, (u64, f64)> {
@@ -258,7 +305,11 @@ fn data(work: &Path, size: u64) -> Result<PathBuf> {
     let dir = work.join(format!("data-{}", ByteSize(size)));
     let snap = dir.join("snap");
     if !snap.join("segments_1").exists() {
-        eprintln!("generating {} of Lucene-shaped data in {}", ByteSize(size), snap.display());
+        eprintln!(
+            "generating {} of Lucene-shaped data in {}",
+            ByteSize(size),
+            snap.display()
+        );
         let _ = std::fs::remove_dir_all(&snap);
         indexswarm::demo::generate_snapshot(&snap, size, 42)?;
     }
@@ -272,7 +323,13 @@ fn data(work: &Path, size: u64) -> Result<PathBuf> {
 }
 
 fn dir_bytes(p: &Path) -> u64 {
-    walkdir::WalkDir::new(p).into_iter().flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+    walkdir::WalkDir::new(p)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn best_of(runs: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
@@ -297,9 +354,17 @@ fn create_torrent(work: &Path, snap: &Path, name: &str, extra: &[&str]) -> Resul
 
 fn start_tracker(logs: &Path, listen: SocketAddr) -> Result<P> {
     let mut c = Command::new(indexswarm());
-    c.args(["tracker", "--listen", &listen.to_string(), "--interval", "10"]);
+    c.args([
+        "tracker",
+        "--listen",
+        &listen.to_string(),
+        "--interval",
+        "10",
+    ]);
     let p = P::spawn(&format!("tracker-{}", listen.port()), c, logs)?;
-    wait_for(Duration::from_secs(10), "tracker", || std::net::TcpStream::connect(listen).is_ok())?;
+    wait_for(Duration::from_secs(10), "tracker", || {
+        std::net::TcpStream::connect(listen).is_ok()
+    })?;
     Ok(p)
 }
 
@@ -327,7 +392,12 @@ fn bench_create(cli: &Cli, size: u64) -> Result<()> {
     let ours = |extra: &'static [&'static str]| {
         best_of(cli.runs, || {
             let t = Instant::now();
-            create_torrent(&cli.work, &snap, "bench-create.torrent", &[&["--piece-length", "512K"][..], extra].concat())?;
+            create_torrent(
+                &cli.work,
+                &snap,
+                "bench-create.torrent",
+                &[&["--piece-length", "512K"][..], extra].concat(),
+            )?;
             Ok(t.elapsed().as_secs_f64())
         })
     };
@@ -338,18 +408,43 @@ fn bench_create(cli: &Cli, size: u64) -> Result<()> {
         let _ = std::fs::remove_file(&out);
         let t = Instant::now();
         let mut c = Command::new("mktorrent");
-        c.args(["-l", "19", "-t", "2", "-a", "http://127.0.0.1:1/announce", "-o"]).arg(&out).arg(&snap);
+        c.args([
+            "-l",
+            "19",
+            "-t",
+            "2",
+            "-a",
+            "http://127.0.0.1:1/announce",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&snap);
         c.stdout(Stdio::null());
         run_ok(c)?;
         Ok(t.elapsed().as_secs_f64())
     })?;
-    header(&format!("create: {} in {} files (best of {})", ByteSize(total), walkdir::WalkDir::new(&snap).into_iter().count() - 1, cli.runs));
+    header(&format!(
+        "create: {} in {} files (best of {})",
+        ByteSize(total),
+        walkdir::WalkDir::new(&snap).into_iter().count() - 1,
+        cli.runs
+    ));
     let limit = 2.0 * one_core;
-    println!("| tool | seconds | MB/s | vs mktorrent -t 2 | vs limit (2 × sha1sum = {limit:.0} MB/s) |");
+    println!(
+        "| tool | seconds | MB/s | vs mktorrent -t 2 | vs limit (2 × sha1sum = {limit:.0} MB/s) |"
+    );
     println!("|---|---|---|---|---|");
-    for (name, secs) in [("indexswarm create", ours_plain), ("indexswarm create --align-files", ours_aligned), ("mktorrent -t 2", mk)] {
+    for (name, secs) in [
+        ("indexswarm create", ours_plain),
+        ("indexswarm create --align-files", ours_aligned),
+        ("mktorrent -t 2", mk),
+    ] {
         let r = mb(total, secs);
-        println!("| {name} | {secs:.3} | {r:.0} | {:.2} | {:.0}% |", mk / secs, r / limit * 100.0);
+        println!(
+            "| {name} | {secs:.3} | {r:.0} | {:.2} | {:.0}% |",
+            mk / secs,
+            r / limit * 100.0
+        );
     }
     println!("\nsha1sum, one core, on the largest file: {one_core:.0} MB/s.");
     Ok(())
@@ -357,9 +452,16 @@ fn bench_create(cli: &Cli, size: u64) -> Result<()> {
 
 // ---------------------------------------------------------------- tracker
 
-async fn tracker_load(url: &str, hashes: &[[u8; 20]], rate: u64, seconds: u64) -> Result<(f64, Vec<f64>, u64)> {
+async fn tracker_load(
+    url: &str,
+    hashes: &[[u8; 20]],
+    rate: u64,
+    seconds: u64,
+) -> Result<(f64, Vec<f64>, u64)> {
     use indexswarm::tracker::protocol::url_bytes;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
     let query = |i: u64| {
         let h = hashes[(i as usize) % hashes.len()];
         let mut pid = *b"-BENCH0-000000000000";
@@ -439,20 +541,52 @@ fn pct(v: &[f64], p: f64) -> f64 {
 fn bench_tracker(cli: &Cli, rate: u64, seconds: u64) -> Result<()> {
     let logs = cli.work.join("logs");
     std::fs::create_dir_all(&logs)?;
-    let hashes: Vec<[u8; 20]> = (0..200u32).map(|i| indexswarm::demo::pseudo_random(i as u64 + 7, 20).try_into().unwrap()).collect();
+    let hashes: Vec<[u8; 20]> = (0..200u32)
+        .map(|i| {
+            indexswarm::demo::pseudo_random(i as u64 + 7, 20)
+                .try_into()
+                .unwrap()
+        })
+        .collect();
     let wl = cli.work.join("whitelist.txt");
-    std::fs::write(&wl, hashes.iter().map(hex::encode).collect::<Vec<_>>().join("\n") + "\n")?;
+    std::fs::write(
+        &wl,
+        hashes
+            .iter()
+            .map(hex::encode)
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n",
+    )?;
     let rt = tokio::runtime::Runtime::new()?;
     let mut rows = Vec::new();
     {
         let port = free_port();
         let mut c = Command::new(indexswarm());
-        c.args(["tracker", "--listen", &format!("127.0.0.1:{port}"), "--whitelist"]).arg(&wl);
+        c.args([
+            "tracker",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--whitelist",
+        ])
+        .arg(&wl);
         let p = P::spawn("bench-tracker", c, &logs)?;
-        wait_for(Duration::from_secs(10), "tracker", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())?;
+        wait_for(Duration::from_secs(10), "tracker", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })?;
         let before = cpu_secs(p.pid());
-        let r = rt.block_on(tracker_load(&format!("http://127.0.0.1:{port}/announce"), &hashes, rate, seconds))?;
-        rows.push(("indexswarm tracker", r, cpu_secs(p.pid()) - before, status_kb(p.pid(), "VmHWM:")));
+        let r = rt.block_on(tracker_load(
+            &format!("http://127.0.0.1:{port}/announce"),
+            &hashes,
+            rate,
+            seconds,
+        ))?;
+        rows.push((
+            "indexswarm tracker",
+            r,
+            cpu_secs(p.pid()) - before,
+            status_kb(p.pid(), "VmHWM:"),
+        ));
     }
     {
         let root = cli.work.join("ot");
@@ -463,17 +597,36 @@ fn bench_tracker(cli: &Cli, rate: u64, seconds: u64) -> Result<()> {
             root.join("ot.conf"),
             format!("listen.tcp_udp 127.0.0.1:{port}\ntracker.rootdir {}\naccess.whitelist /whitelist.txt\n", root.display()),
         )?;
-        let _ = Command::new("chmod").args(["-R", "a+rX"]).arg(&cli.work).status();
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(&cli.work)
+            .status();
         let mut c = Command::new("opentracker");
         c.arg("-f").arg(root.join("ot.conf")).args(["-u", "nobody"]);
         let p = P::spawn("opentracker", c, &logs)?;
-        wait_for(Duration::from_secs(10), "opentracker", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())?;
+        wait_for(Duration::from_secs(10), "opentracker", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })?;
         let before = cpu_secs(p.pid());
-        let r = rt.block_on(tracker_load(&format!("http://127.0.0.1:{port}/announce"), &hashes, rate, seconds))?;
-        rows.push(("opentracker", r, cpu_secs(p.pid()) - before, status_kb(p.pid(), "VmHWM:")));
+        let r = rt.block_on(tracker_load(
+            &format!("http://127.0.0.1:{port}/announce"),
+            &hashes,
+            rate,
+            seconds,
+        ))?;
+        rows.push((
+            "opentracker",
+            r,
+            cpu_secs(p.pid()) - before,
+            status_kb(p.pid(), "VmHWM:"),
+        ));
     }
     header(&format!("tracker: 200 torrents, 5,000 peers; capacity with 64 closed-loop clients, latency at {rate} announces/s for {seconds} s"));
-    let ot_cap = rows.iter().find(|r| r.0 == "opentracker").map(|r| r.1 .0).unwrap_or(f64::NAN);
+    let ot_cap = rows
+        .iter()
+        .find(|r| r.0 == "opentracker")
+        .map(|r| r.1 .0)
+        .unwrap_or(f64::NAN);
     println!("| tracker | capacity (announces/s) | vs opentracker | p50 ms | p99 ms | max ms | errors | server CPU s | peak RSS MiB |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for (name, (cap, lat, errs), cpu, rss) in &rows {
@@ -507,7 +660,12 @@ fn bench_transfer(cli: &Cli, size: u64) -> Result<()> {
     let tport = free_port();
     let _tracker = start_tracker(&logs, ([127, 0, 0, 1], tport).into())?;
     let announce = format!("http://127.0.0.1:{tport}/announce");
-    let t = create_torrent(&cli.work, &dir.join("snap"), "transfer.torrent", &["--piece-length", "512K", "--announce", &announce])?;
+    let t = create_torrent(
+        &cli.work,
+        &dir.join("snap"),
+        "transfer.torrent",
+        &["--piece-length", "512K", "--announce", &announce],
+    )?;
     let total = dir_bytes(&dir.join("snap"));
     let out = cli.work.join("transfer-out");
     let mut runs = Vec::new();
@@ -520,28 +678,51 @@ fn bench_transfer(cli: &Cli, size: u64) -> Result<()> {
             let mut seed = match pair {
                 "indexswarm" => {
                     let mut c = Command::new(indexswarm());
-                    c.arg("seed").arg(&t).arg("--dir").arg(&dir).args(["--listen", &format!("127.0.0.1:{sport}")]);
+                    c.arg("seed")
+                        .arg(&t)
+                        .arg("--dir")
+                        .arg(&dir)
+                        .args(["--listen", &format!("127.0.0.1:{sport}")]);
                     let p = P::spawn("seed", c, &logs)?;
                     wait_for(Duration::from_secs(120), "our seeder", || {
-                        std::fs::read_to_string(logs.join("seed.out")).map(|s| s.trim().len() == 40).unwrap_or(false)
+                        std::fs::read_to_string(logs.join("seed.out"))
+                            .map(|s| s.trim().len() == 40)
+                            .unwrap_or(false)
                     })?;
                     p
                 }
                 "aria2" => {
                     let mut c = Command::new("aria2c");
-                    c.args(["-V", "--bt-seed-unverified=true", "--seed-ratio=0.0", "-d"]).arg(&dir);
-                    c.args(["--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false"]);
-                    c.args([&format!("--listen-port={sport}"), "--file-allocation=none", "--summary-interval=0"]).arg(&t);
+                    c.args(["-V", "--bt-seed-unverified=true", "--seed-ratio=0.0", "-d"])
+                        .arg(&dir);
+                    c.args([
+                        "--enable-dht=false",
+                        "--enable-dht6=false",
+                        "--bt-enable-lpd=false",
+                        "--enable-peer-exchange=false",
+                    ]);
+                    c.args([
+                        &format!("--listen-port={sport}"),
+                        "--file-allocation=none",
+                        "--summary-interval=0",
+                    ])
+                    .arg(&t);
                     let p = P::spawn("seed", c, &logs)?;
                     std::thread::sleep(Duration::from_secs(2));
                     p
                 }
                 _ => {
                     let mut c = Command::new("/usr/bin/python3");
-                    c.arg(lt_peer()).args(["seed"]).arg(&t).arg(&dir).args(["--port", &sport.to_string(), "--seed-mode"]);
+                    c.arg(lt_peer()).args(["seed"]).arg(&t).arg(&dir).args([
+                        "--port",
+                        &sport.to_string(),
+                        "--seed-mode",
+                    ]);
                     let p = P::spawn("seed", c, &logs)?;
                     wait_for(Duration::from_secs(60), "libtorrent seeder", || {
-                        std::fs::read_to_string(logs.join("seed.out")).map(|s| s.contains("listening")).unwrap_or(false)
+                        std::fs::read_to_string(logs.join("seed.out"))
+                            .map(|s| s.contains("listening"))
+                            .unwrap_or(false)
                     })?;
                     p
                 }
@@ -551,30 +732,57 @@ fn bench_transfer(cli: &Cli, size: u64) -> Result<()> {
                 "indexswarm" => {
                     let mut c = Command::new(indexswarm());
                     c.arg("fetch").arg(&t).arg("--dir").arg(&out);
-                    c.args(["--listen", &format!("127.0.0.1:{lport}"), "--peer", &format!("127.0.0.1:{sport}")]);
+                    c.args([
+                        "--listen",
+                        &format!("127.0.0.1:{lport}"),
+                        "--peer",
+                        &format!("127.0.0.1:{sport}"),
+                    ]);
                     P::spawn("leech", c, &logs)?
                 }
                 "aria2" => {
                     let mut c = Command::new("aria2c");
                     c.args(["--seed-time=0", "-d"]).arg(&out);
-                    c.args(["--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false"]);
-                    c.args([&format!("--listen-port={lport}"), "--file-allocation=none", "--summary-interval=0"]).arg(&t);
+                    c.args([
+                        "--enable-dht=false",
+                        "--enable-dht6=false",
+                        "--bt-enable-lpd=false",
+                        "--enable-peer-exchange=false",
+                    ]);
+                    c.args([
+                        &format!("--listen-port={lport}"),
+                        "--file-allocation=none",
+                        "--summary-interval=0",
+                    ])
+                    .arg(&t);
                     P::spawn("leech", c, &logs)?
                 }
                 _ => {
                     let mut c = Command::new("/usr/bin/python3");
                     c.arg(lt_peer()).args(["leech"]).arg(&t).arg(&out);
-                    c.args(["--port", &lport.to_string(), "--peer", &format!("127.0.0.1:{sport}"), "--timeout", "600"]);
+                    c.args([
+                        "--port",
+                        &lport.to_string(),
+                        "--peer",
+                        &format!("127.0.0.1:{sport}"),
+                        "--timeout",
+                        "600",
+                    ]);
                     P::spawn("leech", c, &logs)?
                 }
             };
             let seed_cpu0 = cpu_secs(seed.pid());
             let sampler = Sampler::start(vec![seed.pid(), leech.pid()]);
-            wait_for(Duration::from_secs(900), "the leecher to finish", || leech.done().is_some())?;
+            wait_for(Duration::from_secs(900), "the leecher to finish", || {
+                leech.done().is_some()
+            })?;
             let secs = start.elapsed().as_secs_f64();
             let peaks = sampler.finish();
             if leech.done() != Some(true) {
-                bail!("{pair} leecher failed; see {}", logs.join("leech.log").display());
+                bail!(
+                    "{pair} leecher failed; see {}",
+                    logs.join("leech.log").display()
+                );
             }
             let seed_cpu = cpu_secs(seed.pid()) - seed_cpu0;
             let leech_cpu = peaks.get(&leech.pid()).map(|p| p.1).unwrap_or(0.0);
@@ -595,12 +803,28 @@ fn bench_transfer(cli: &Cli, size: u64) -> Result<()> {
             drop(seed);
         }
     }
-    let best = |n: &str| runs.iter().filter(|r| r.name == n).min_by(|a, b| a.secs.partial_cmp(&b.secs).unwrap());
-    let best_ref = runs.iter().filter(|r| !r.name.starts_with("indexswarm")).map(|r| r.secs).fold(f64::MAX, f64::min);
-    header(&format!("transfer: one seeder → one leecher, {} over loopback, best of {}", ByteSize(total), cli.runs));
+    let best = |n: &str| {
+        runs.iter()
+            .filter(|r| r.name == n)
+            .min_by(|a, b| a.secs.partial_cmp(&b.secs).unwrap())
+    };
+    let best_ref = runs
+        .iter()
+        .filter(|r| !r.name.starts_with("indexswarm"))
+        .map(|r| r.secs)
+        .fold(f64::MAX, f64::min);
+    header(&format!(
+        "transfer: one seeder → one leecher, {} over loopback, best of {}",
+        ByteSize(total),
+        cli.runs
+    ));
     println!("| pair | seconds | MB/s | speed vs fastest reference | CPU s per GiB (both) | peak RssAnon seeder / leecher MiB |");
     println!("|---|---|---|---|---|---|");
-    for n in ["indexswarm → indexswarm", "aria2c → aria2c", "libtorrent → libtorrent"] {
+    for n in [
+        "indexswarm → indexswarm",
+        "aria2c → aria2c",
+        "libtorrent → libtorrent",
+    ] {
         if let Some(r) = best(n) {
             println!(
                 "| {n} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} / {:.1} |",
@@ -613,7 +837,10 @@ fn bench_transfer(cli: &Cli, size: u64) -> Result<()> {
             );
         }
     }
-    let all: Vec<String> = runs.iter().map(|r| format!("{} {:.2}s", r.name, r.secs)).collect();
+    let all: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{} {:.2}s", r.name, r.secs))
+        .collect();
     println!("\nAll runs: {}.", all.join(", "));
     Ok(())
 }
@@ -654,9 +881,15 @@ impl Netns {
 
     fn cleanup(n: usize) {
         for i in 0..n {
-            let _ = Command::new("ip").args(["netns", "del", &format!("isw{i}")]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &format!("isw{i}")])
+                .stderr(Stdio::null())
+                .status();
         }
-        let _ = Command::new("ip").args(["link", "del", BRIDGE]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", BRIDGE])
+            .stderr(Stdio::null())
+            .status();
     }
 
     fn ip(i: usize) -> String {
@@ -671,9 +904,27 @@ impl Netns {
 
     /// Bytes sent by namespace `i` (its egress qdisc).
     fn sent(i: usize) -> u64 {
-        let out = Command::new("ip").args(["netns", "exec", &format!("isw{i}"), "tc", "-s", "qdisc", "show", "dev", "eth0"]).output();
-        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-        text.split_whitespace().skip_while(|w| *w != "Sent").nth(1).and_then(|v| v.parse().ok()).unwrap_or(0)
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &format!("isw{i}"),
+                "tc",
+                "-s",
+                "qdisc",
+                "show",
+                "dev",
+                "eth0",
+            ])
+            .output();
+        let text = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        text.split_whitespace()
+            .skip_while(|w| *w != "Sent")
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -707,7 +958,12 @@ fn bench_swarm(cli: &Cli, size: u64, leechers: usize, mbit: u64, no_lt: bool) ->
             &cli.work,
             &dir.join("snap"),
             "swarm.torrent",
-            &["--piece-length", "256K", "--announce", &format!("http://10.77.0.1:{tport}/announce")],
+            &[
+                "--piece-length",
+                "256K",
+                "--announce",
+                &format!("http://10.77.0.1:{tport}/announce"),
+            ],
         )?;
         let out = cli.work.join("swarm-out");
         let _ = std::fs::remove_dir_all(&out);
@@ -715,19 +971,33 @@ fn bench_swarm(cli: &Cli, size: u64, leechers: usize, mbit: u64, no_lt: bool) ->
         let seed = match client {
             "indexswarm" => {
                 let mut c = Netns::cmd(0, &indexswarm());
-                c.arg("seed").arg(&t).arg("--dir").arg(&dir).args(["--listen", &format!("{}:6881", Netns::ip(0))]);
+                c.arg("seed")
+                    .arg(&t)
+                    .arg("--dir")
+                    .arg(&dir)
+                    .args(["--listen", &format!("{}:6881", Netns::ip(0))]);
                 let p = P::spawn("swarm-seed", c, &logs)?;
                 wait_for(Duration::from_secs(120), "seeder", || {
-                    std::fs::read_to_string(logs.join("swarm-seed.out")).map(|s| s.trim().len() == 40).unwrap_or(false)
+                    std::fs::read_to_string(logs.join("swarm-seed.out"))
+                        .map(|s| s.trim().len() == 40)
+                        .unwrap_or(false)
                 })?;
                 p
             }
             _ => {
                 let mut c = Netns::cmd(0, Path::new("/usr/bin/python3"));
-                c.arg(lt_peer()).arg("seed").arg(&t).arg(&dir).args(["--port", "6881", "--bind", &Netns::ip(0), "--seed-mode"]);
+                c.arg(lt_peer()).arg("seed").arg(&t).arg(&dir).args([
+                    "--port",
+                    "6881",
+                    "--bind",
+                    &Netns::ip(0),
+                    "--seed-mode",
+                ]);
                 let p = P::spawn("swarm-seed", c, &logs)?;
                 wait_for(Duration::from_secs(60), "seeder", || {
-                    std::fs::read_to_string(logs.join("swarm-seed.out")).map(|s| s.contains("listening")).unwrap_or(false)
+                    std::fs::read_to_string(logs.join("swarm-seed.out"))
+                        .map(|s| s.contains("listening"))
+                        .unwrap_or(false)
                 })?;
                 p
             }
@@ -742,13 +1012,25 @@ fn bench_swarm(cli: &Cli, size: u64, leechers: usize, mbit: u64, no_lt: bool) ->
             let c = match client {
                 "indexswarm" => {
                     let mut c = Netns::cmd(i, &indexswarm());
-                    c.arg("fetch").arg(&t).arg("--dir").arg(&d).args(["--listen", &format!("{}:6881", Netns::ip(i)), "--seed"]);
+                    c.arg("fetch").arg(&t).arg("--dir").arg(&d).args([
+                        "--listen",
+                        &format!("{}:6881", Netns::ip(i)),
+                        "--seed",
+                    ]);
                     c
                 }
                 _ => {
                     let mut c = Netns::cmd(i, Path::new("/usr/bin/python3"));
                     c.arg(lt_peer()).arg("leech").arg(&t).arg(&d);
-                    c.args(["--port", "6881", "--bind", &Netns::ip(i), "--timeout", "900", "--seed-after"]);
+                    c.args([
+                        "--port",
+                        "6881",
+                        "--bind",
+                        &Netns::ip(i),
+                        "--timeout",
+                        "900",
+                        "--seed-after",
+                    ]);
                     c
                 }
             };
@@ -758,7 +1040,9 @@ fn bench_swarm(cli: &Cli, size: u64, leechers: usize, mbit: u64, no_lt: bool) ->
         wait_for(Duration::from_secs(900), "every leecher", || {
             for (i, f) in finished.iter_mut().enumerate() {
                 if f.is_none() {
-                    let text = std::fs::read_to_string(logs.join(format!("swarm-leech-{}.out", i + 1))).unwrap_or_default();
+                    let text =
+                        std::fs::read_to_string(logs.join(format!("swarm-leech-{}.out", i + 1)))
+                            .unwrap_or_default();
                     if text.contains("bytes_total") || text.contains("\"complete\": true") {
                         *f = Some(start.elapsed().as_secs_f64());
                     }
@@ -785,7 +1069,13 @@ fn bench_swarm(cli: &Cli, size: u64, leechers: usize, mbit: u64, no_lt: bool) ->
     for (client, secs, share, finished) in rows {
         let mut f: Vec<f64> = finished.into_iter().flatten().collect();
         f.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        println!("| {client} | {secs:.1} | {:.2} | {:.0}% | {:.1} / {:.1} |", secs / bound, share * 100.0, f[0], f[f.len() / 2]);
+        println!(
+            "| {client} | {secs:.1} | {:.2} | {:.0}% | {:.1} / {:.1} |",
+            secs / bound,
+            share * 100.0,
+            f[0],
+            f[f.len() / 2]
+        );
     }
     Ok(())
 }
@@ -793,7 +1083,9 @@ fn bench_swarm(cli: &Cli, size: u64, leechers: usize, mbit: u64, no_lt: bool) ->
 // ---------------------------------------------------------------- publish
 
 fn http_json(method: &str, url: &str, body: Option<&str>) -> Result<serde_json::Value> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let c = reqwest::Client::new();
         let req = match method {
@@ -806,12 +1098,17 @@ fn http_json(method: &str, url: &str, body: Option<&str>) -> Result<serde_json::
 }
 
 fn http_text(url: &str) -> Result<String> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async { Ok(reqwest::get(url).await?.text().await?) })
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
 }
 
 fn bench_publish(cli: &Cli, size: u64, leechers: usize) -> Result<()> {
@@ -825,16 +1122,30 @@ fn bench_publish(cli: &Cli, size: u64, leechers: usize) -> Result<()> {
     // The hashing limit on this data, measured now: our own `create`.
     let create = best_of(cli.runs, || {
         let t = Instant::now();
-        create_torrent(&cli.work, &dir.join("snap"), "publish-ref.torrent", &["--align-files"])?;
+        create_torrent(
+            &cli.work,
+            &dir.join("snap"),
+            "publish-ref.torrent",
+            &["--align-files"],
+        )?;
         Ok(t.elapsed().as_secs_f64())
     })?;
     let (http, peer) = (free_port(), free_port());
     let mut c = Command::new(indexswarm());
     c.args(["master", "--snapshots-dir"]).arg(&snaps);
-    c.args(["--http-listen", &format!("127.0.0.1:{http}"), "--peer-listen", &format!("127.0.0.1:{peer}"), "--settle-secs", "1"]);
+    c.args([
+        "--http-listen",
+        &format!("127.0.0.1:{http}"),
+        "--peer-listen",
+        &format!("127.0.0.1:{peer}"),
+        "--settle-secs",
+        "1",
+    ]);
     let master = P::spawn("publish-master", c, &logs)?;
     let base = format!("http://127.0.0.1:{http}");
-    wait_for(Duration::from_secs(20), "master", || http_text(&format!("{base}/healthz")).is_ok())?;
+    wait_for(Duration::from_secs(20), "master", || {
+        http_text(&format!("{base}/healthz")).is_ok()
+    })?;
     let mut publish_secs = Vec::new();
     for v in 1..=3u64 {
         let name = format!("snapshot.2026112412{v:02}00000");
@@ -845,10 +1156,15 @@ fn bench_publish(cli: &Cli, size: u64, leechers: usize) -> Result<()> {
             let e = e?;
             std::fs::hard_link(e.path(), staging.join(e.file_name()))?;
         }
-        std::fs::write(staging.join(format!("segments_{}", v + 1)), indexswarm::demo::pseudo_random(v, 2000))?;
+        std::fs::write(
+            staging.join(format!("segments_{}", v + 1)),
+            indexswarm::demo::pseudo_random(v, 2000),
+        )?;
         std::fs::rename(&staging, snaps.join(&name))?;
         wait_for(Duration::from_secs(300), "the version", || {
-            http_json("GET", &format!("{base}/versions/latest"), None).map(|j| j["version"] == v).unwrap_or(false)
+            http_json("GET", &format!("{base}/versions/latest"), None)
+                .map(|j| j["version"] == v)
+                .unwrap_or(false)
         })?;
         let m = http_text(&format!("{base}/metrics"))?;
         let sum = metric(&m, "indexswarm_publish_duration_seconds_sum").unwrap_or(f64::NAN);
@@ -861,18 +1177,30 @@ fn bench_publish(cli: &Cli, size: u64, leechers: usize) -> Result<()> {
     for i in 0..leechers {
         let v = (i % 3) + 1;
         let mut c = Command::new(indexswarm());
-        c.arg("fetch").arg(format!("{base}/versions/{v}/torrent")).arg("--dir").arg(out.join(i.to_string()));
+        c.arg("fetch")
+            .arg(format!("{base}/versions/{v}/torrent"))
+            .arg("--dir")
+            .arg(out.join(i.to_string()));
         c.args(["--listen", &format!("127.0.0.1:{}", free_port())]);
         procs.push(P::spawn(&format!("publish-leech-{i}"), c, &logs)?);
     }
     let start = Instant::now();
-    wait_for(Duration::from_secs(1200), "the leechers", || procs.iter_mut().all(|p| p.done().is_some()))?;
+    wait_for(Duration::from_secs(1200), "the leechers", || {
+        procs.iter_mut().all(|p| p.done().is_some())
+    })?;
     let secs = start.elapsed().as_secs_f64();
-    let ok = procs.iter_mut().map(|p| p.done()).filter(|d| *d == Some(true)).count();
+    let ok = procs
+        .iter_mut()
+        .map(|p| p.done())
+        .filter(|d| *d == Some(true))
+        .count();
     let peaks = sampler.finish();
     let hwm = status_kb(master.pid(), "VmHWM:");
     let anon = peaks.get(&master.pid()).map(|p| p.0).unwrap_or(0);
-    header(&format!("publish: {} snapshot directory → visible version (master on loopback)", ByteSize(dir_bytes(&dir.join("snap")))));
+    header(&format!(
+        "publish: {} snapshot directory → visible version (master on loopback)",
+        ByteSize(dir_bytes(&dir.join("snap")))
+    ));
     println!("| | seconds |");
     println!("|---|---|");
     println!("| hashing limit: `indexswarm create --align-files` on the same data | {create:.2} |");
@@ -904,32 +1232,62 @@ fn bench_replicate(cli: &Cli, size: u64, replicas: usize, mbit: u64, no_http: bo
     let base = format!("http://{}:7070", Netns::ip(0));
     let mut c = Netns::cmd(0, &indexswarm());
     c.args(["master", "--snapshots-dir"]).arg(&snaps);
-    c.args(["--http-listen", &format!("{}:7070", Netns::ip(0)), "--peer-listen", &format!("{}:6881", Netns::ip(0))]);
-    c.args(["--public-url", &base, "--settle-secs", "3600", "--announce-interval-secs", "5"]);
+    c.args([
+        "--http-listen",
+        &format!("{}:7070", Netns::ip(0)),
+        "--peer-listen",
+        &format!("{}:6881", Netns::ip(0)),
+    ]);
+    c.args([
+        "--public-url",
+        &base,
+        "--settle-secs",
+        "3600",
+        "--announce-interval-secs",
+        "5",
+    ]);
     let _master = P::spawn("rep-master", c, &logs)?;
-    wait_for(Duration::from_secs(20), "master", || http_text(&format!("{base}/healthz")).is_ok())?;
+    wait_for(Duration::from_secs(20), "master", || {
+        http_text(&format!("{base}/healthz")).is_ok()
+    })?;
     let mut procs = Vec::new();
     for i in 1..=replicas {
         let mut c = Netns::cmd(i, &indexswarm());
-        c.args(["replica", "--master-url", &base, "--data-dir"]).arg(root.join(format!("r{i}")));
-        c.args(["--http-listen", &format!("{}:7071", Netns::ip(i)), "--peer-listen", &format!("{}:6882", Netns::ip(i))]);
+        c.args(["replica", "--master-url", &base, "--data-dir"])
+            .arg(root.join(format!("r{i}")));
+        c.args([
+            "--http-listen",
+            &format!("{}:7071", Netns::ip(i)),
+            "--peer-listen",
+            &format!("{}:6882", Netns::ip(i)),
+        ]);
         c.args(["--poll-interval-secs", "1"]);
         procs.push(P::spawn(&format!("rep-replica-{i}"), c, &logs)?);
     }
     for i in 1..=replicas {
-        wait_for(Duration::from_secs(20), "replica", || http_text(&format!("http://{}:7071/healthz", Netns::ip(i))).is_ok())?;
+        wait_for(Duration::from_secs(20), "replica", || {
+            http_text(&format!("http://{}:7071/healthz", Netns::ip(i))).is_ok()
+        })?;
     }
-    let status = |i: usize| http_json("GET", &format!("http://{}:7071/status", Netns::ip(i)), None).unwrap_or_default();
+    let status = |i: usize| {
+        http_json("GET", &format!("http://{}:7071/status", Netns::ip(i)), None).unwrap_or_default()
+    };
     let phase = |version: u64, name: &str| -> Result<(f64, Vec<serde_json::Value>, u64, u64)> {
         let sent0: Vec<u64> = (0..=replicas).map(Netns::sent).collect();
         let start = Instant::now();
-        let r = http_json("POST", &format!("{base}/snapshot"), Some(&format!("{{\"path\": \"{name}\"}}")))?;
+        let r = http_json(
+            "POST",
+            &format!("{base}/snapshot"),
+            Some(&format!("{{\"path\": \"{name}\"}}")),
+        )?;
         if r["version"] != version {
             bail!("publish answered {r}");
         }
         let published = start.elapsed().as_secs_f64();
         let start = Instant::now();
-        wait_for(Duration::from_secs(3600), "every replica", || (1..=replicas).all(|i| status(i)["current_version"] == version))?;
+        wait_for(Duration::from_secs(3600), "every replica", || {
+            (1..=replicas).all(|i| status(i)["current_version"] == version)
+        })?;
         let secs = start.elapsed().as_secs_f64();
         let sts: Vec<serde_json::Value> = (1..=replicas).map(status).collect();
         let sent: Vec<u64> = (0..=replicas).map(|i| Netns::sent(i) - sent0[i]).collect();
@@ -950,7 +1308,14 @@ fn bench_replicate(cli: &Cli, size: u64, replicas: usize, mbit: u64, no_http: bo
     let staging = root.join(v2);
     indexswarm::demo::next_snapshot(&snaps.join(v1), &staging, f1 / 20, 7)?;
     std::fs::rename(&staging, snaps.join(v2))?;
-    let changed: u64 = ["_n.cfs", "_n.cfe", "_n.si", "segments_2"].iter().map(|f| std::fs::metadata(snaps.join(v2).join(f)).map(|m| m.len()).unwrap_or(0)).sum();
+    let changed: u64 = ["_n.cfs", "_n.cfe", "_n.si", "segments_2"]
+        .iter()
+        .map(|f| {
+            std::fs::metadata(snaps.join(v2).join(f))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .sum();
     let (t2, sts2, _, _) = phase(2, v2)?;
     drop(procs);
 
@@ -959,10 +1324,23 @@ fn bench_replicate(cli: &Cli, size: u64, replicas: usize, mbit: u64, no_http: bo
         None
     } else {
         let mut c = Netns::cmd(0, Path::new("/usr/bin/python3"));
-        c.args(["-m", "http.server", "8000", "--bind", &Netns::ip(0), "--directory"]).arg(snaps.join(v1));
+        c.args([
+            "-m",
+            "http.server",
+            "8000",
+            "--bind",
+            &Netns::ip(0),
+            "--directory",
+        ])
+        .arg(snaps.join(v1));
         let _srv = P::spawn("rep-http", c, &logs)?;
-        wait_for(Duration::from_secs(20), "http server", || std::net::TcpStream::connect((Netns::ip(0).as_str(), 8000)).is_ok())?;
-        let files: Vec<String> = std::fs::read_dir(snaps.join(v1))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        wait_for(Duration::from_secs(20), "http server", || {
+            std::net::TcpStream::connect((Netns::ip(0).as_str(), 8000)).is_ok()
+        })?;
+        let files: Vec<String> = std::fs::read_dir(snaps.join(v1))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         let start = Instant::now();
         let mut clients = Vec::new();
         for i in 1..=replicas {
@@ -970,13 +1348,21 @@ fn bench_replicate(cli: &Cli, size: u64, replicas: usize, mbit: u64, no_http: bo
             std::fs::create_dir_all(&d)?;
             let script: String = files
                 .iter()
-                .map(|f| format!("curl -sf -o '{}/{f}' 'http://{}:8000/{f}' || exit 1; ", d.display(), Netns::ip(0)))
+                .map(|f| {
+                    format!(
+                        "curl -sf -o '{}/{f}' 'http://{}:8000/{f}' || exit 1; ",
+                        d.display(),
+                        Netns::ip(0)
+                    )
+                })
                 .collect();
             let mut c = Netns::cmd(i, Path::new("/bin/sh"));
             c.arg("-c").arg(script);
             clients.push(P::spawn(&format!("rep-http-{i}"), c, &logs)?);
         }
-        wait_for(Duration::from_secs(7200), "HTTP fan-out", || clients.iter_mut().all(|c| c.done().is_some()))?;
+        wait_for(Duration::from_secs(7200), "HTTP fan-out", || {
+            clients.iter_mut().all(|c| c.done().is_some())
+        })?;
         Some(start.elapsed().as_secs_f64())
     };
     drop(net);
@@ -988,18 +1374,38 @@ fn bench_replicate(cli: &Cli, size: u64, replicas: usize, mbit: u64, no_http: bo
     ));
     println!("| | seconds | vs Kumar–Ross bound ({bound:.1} s) |");
     println!("|---|---|---|");
-    println!("| version 1 ({}) to every replica, indexswarm | {t1:.1} | {:.2} |", ByteSize(f1), t1 / bound);
+    println!(
+        "| version 1 ({}) to every replica, indexswarm | {t1:.1} | {:.2} |",
+        ByteSize(f1),
+        t1 / bound
+    );
     if let Some(h) = http_secs {
         println!("| version 1, plain HTTP fan-out (each replica GETs every file from the master's host) | {h:.1} | {:.2} |", h / bound);
-        println!("\nindexswarm is {:.1}× faster than the HTTP fan-out.", h / t1);
+        println!(
+            "\nindexswarm is {:.1}× faster than the HTTP fan-out.",
+            h / t1
+        );
     }
-    println!("\nVersion 1: the master sent {:.0}% of all bytes on the wire.", seed1 as f64 * 100.0 / all1 as f64);
-    println!("\nVersion 2 changes {} ({:.1}% of {}); replicated in {t2:.1} s.\n", ByteSize(changed), changed as f64 * 100.0 / f1 as f64, ByteSize(f1));
+    println!(
+        "\nVersion 1: the master sent {:.0}% of all bytes on the wire.",
+        seed1 as f64 * 100.0 / all1 as f64
+    );
+    println!(
+        "\nVersion 2 changes {} ({:.1}% of {}); replicated in {t2:.1} s.\n",
+        ByteSize(changed),
+        changed as f64 * 100.0 / f1 as f64,
+        ByteSize(f1)
+    );
     println!("| replica | bytes downloaded | bytes reused | downloaded / changed |");
     println!("|---|---|---|---|");
     for (i, s) in sts2.iter().enumerate() {
         let d = s["bytes_downloaded"].as_u64().unwrap_or(0);
-        println!("| {} | {d} | {} | {:.3} |", i + 1, s["bytes_reused"].as_u64().unwrap_or(0), d as f64 / changed as f64);
+        println!(
+            "| {} | {d} | {} | {:.3} |",
+            i + 1,
+            s["bytes_reused"].as_u64().unwrap_or(0),
+            d as f64 / changed as f64
+        );
     }
     std::io::stdout().flush()?;
     Ok(())
@@ -1012,8 +1418,18 @@ fn main() -> Result<()> {
         Cmd::Create { size } => bench_create(&cli, size.0),
         Cmd::Tracker { rate, seconds } => bench_tracker(&cli, *rate, *seconds),
         Cmd::Transfer { size } => bench_transfer(&cli, size.0),
-        Cmd::Swarm { size, leechers, mbit, no_libtorrent } => bench_swarm(&cli, size.0, *leechers, *mbit, *no_libtorrent),
+        Cmd::Swarm {
+            size,
+            leechers,
+            mbit,
+            no_libtorrent,
+        } => bench_swarm(&cli, size.0, *leechers, *mbit, *no_libtorrent),
         Cmd::Publish { size, leechers } => bench_publish(&cli, size.0, *leechers),
-        Cmd::Replicate { size, replicas, mbit, no_http } => bench_replicate(&cli, size.0, *replicas, *mbit, *no_http),
+        Cmd::Replicate {
+            size,
+            replicas,
+            mbit,
+            no_http,
+        } => bench_replicate(&cli, size.0, *replicas, *mbit, *no_http),
     }
 }
