@@ -47,12 +47,18 @@ pub fn fingerprint(dir: &Path) -> Option<Fingerprint> {
     Some(out)
 }
 
-/// Names we never treat as snapshots: hidden entries and temporaries.
+/// Names we never treat as snapshots: hidden entries and temporaries, and
+/// the live parts of a Solr data directory (`index`, `index.<timestamp>`,
+/// `tlog`, `snapshot_metadata`), because Solr writes its `snapshot.*`
+/// backups into that same directory by default.
 pub fn ignored(name: &str) -> bool {
+    let solr_internal = matches!(name, "index" | "tlog" | "snapshot_metadata")
+        || name.strip_prefix("index.").is_some_and(|ts| !ts.is_empty() && ts.bytes().all(|b| b.is_ascii_digit()));
     name.starts_with('.')
         || name.ends_with(".tmp")
         || name.ends_with(".partial")
         || name.ends_with('~')
+        || solr_internal
 }
 
 /// The timestamp in a Solr snapshot name (`snapshot.20261124133000123`).
@@ -267,5 +273,9 @@ mod tests {
         );
         assert_eq!(solr_timestamp("snapshot.x"), None);
         assert!(ignored(".hidden") && ignored("x.tmp") && !ignored("snapshot.1"));
+        for solr in ["index", "tlog", "snapshot_metadata", "index.20261124133000123"] {
+            assert!(ignored(solr), "{solr} is part of a live Solr data directory");
+        }
+        assert!(!ignored("index.v2") && !ignored("indexes"));
     }
 }
