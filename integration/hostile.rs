@@ -18,7 +18,7 @@ use tokio_util::codec::FramedRead;
 use crate::common::*;
 
 #[derive(Clone, Copy, Debug)]
-enum Misbehaviour {
+pub(crate) enum Misbehaviour {
     /// Has every piece, unchokes, answers every request with garbage.
     Corrupt,
     /// Announces a 256 MiB message.
@@ -30,7 +30,7 @@ enum Misbehaviour {
 }
 
 /// Runs the hostile peer on a background thread; returns its port.
-fn spawn_hostile(meta: Metainfo, mode: Misbehaviour) -> u16 {
+pub(crate) fn spawn_hostile(meta: Metainfo, mode: Misbehaviour) -> u16 {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = std_listener.local_addr().unwrap().port();
     std_listener.set_nonblocking(true).unwrap();

@@ -6,6 +6,7 @@ mod common;
 mod hostile;
 mod interop;
 mod master;
+mod replica;
 mod search;
 mod torrents;
 mod tracker;

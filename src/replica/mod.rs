@@ -74,6 +74,10 @@ pub struct Replica {
     status: Mutex<Status>,
     live: Mutex<Option<Live>>,
     seeding: Mutex<Vec<Seeding>>,
+    /// What went wrong after the last swap (core RELOAD, on_swap hook): kept
+    /// in `/status` `last_error` until the next swap, not wiped by the next
+    /// successful poll.
+    swap_warning: Mutex<Option<String>>,
     poll_now: Notify,
     metrics: crate::telemetry::Metrics,
 }
@@ -113,6 +117,7 @@ impl Replica {
             http,
             live: Mutex::new(None),
             seeding: Mutex::new(Vec::new()),
+            swap_warning: Mutex::new(None),
             poll_now: Notify::new(),
             metrics: crate::telemetry::Metrics::new(),
         });
@@ -251,9 +256,10 @@ impl Replica {
                     failures = 0;
                     // Something newer may already be waiting.
                     immediate = true;
+                    let warning = self.swap_warning.lock().clone();
                     let mut st = self.status.lock();
                     st.state = State::Idle;
-                    st.last_error = None;
+                    st.last_error = warning;
                     st.last_cycle_seconds = Some(started.elapsed().as_secs_f64());
                 }
                 Err(e) => {
@@ -300,11 +306,12 @@ impl Replica {
             .get_json(&format!("{}/versions/latest", self.cfg.master_url))
             .await?;
         {
+            let warning = self.swap_warning.lock().clone();
             let mut st = self.status.lock();
             if st.state == State::Error {
                 st.state = State::Idle;
             }
-            st.last_error = None;
+            st.last_error = warning;
         }
         let Some(latest) = latest else {
             return Ok(Outcome::UpToDate);
@@ -431,8 +438,10 @@ impl Replica {
             st.target_version = None;
             st.progress = 1.0;
         }
+        *self.swap_warning.lock() = None;
         if let Some(e) = &reload_error {
             warn!("{e}");
+            *self.swap_warning.lock() = Some(e.clone());
             self.status.lock().last_error = Some(e.clone());
         }
         if let Some(hook) = &self.cfg.on_swap {
@@ -441,7 +450,12 @@ impl Replica {
                     .await
             {
                 warn!("{e}");
-                self.status.lock().last_error = Some(e);
+                let both = match self.swap_warning.lock().take() {
+                    Some(r) => format!("{r}; {e}"),
+                    None => e,
+                };
+                *self.swap_warning.lock() = Some(both.clone());
+                self.status.lock().last_error = Some(both);
             }
         }
         // Keep serving: the new version for as long as it is live, the old
