@@ -53,7 +53,9 @@ pub fn fingerprint(dir: &Path) -> Option<Fingerprint> {
 /// backups into that same directory by default.
 pub fn ignored(name: &str) -> bool {
     let solr_internal = matches!(name, "index" | "tlog" | "snapshot_metadata")
-        || name.strip_prefix("index.").is_some_and(|ts| !ts.is_empty() && ts.bytes().all(|b| b.is_ascii_digit()));
+        || name
+            .strip_prefix("index.")
+            .is_some_and(|ts| !ts.is_empty() && ts.bytes().all(|b| b.is_ascii_digit()));
     name.starts_with('.')
         || name.ends_with(".tmp")
         || name.ends_with(".partial")
@@ -273,8 +275,16 @@ mod tests {
         );
         assert_eq!(solr_timestamp("snapshot.x"), None);
         assert!(ignored(".hidden") && ignored("x.tmp") && !ignored("snapshot.1"));
-        for solr in ["index", "tlog", "snapshot_metadata", "index.20261124133000123"] {
-            assert!(ignored(solr), "{solr} is part of a live Solr data directory");
+        for solr in [
+            "index",
+            "tlog",
+            "snapshot_metadata",
+            "index.20261124133000123",
+        ] {
+            assert!(
+                ignored(solr),
+                "{solr} is part of a live Solr data directory"
+            );
         }
         assert!(!ignored("index.v2") && !ignored("indexes"));
     }
