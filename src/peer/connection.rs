@@ -28,8 +28,24 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(150);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Upload batch: this many bytes of blocks are read from disk per blocking call.
+/// Upload batch: at most this many bytes of blocks are read from disk per
+/// blocking call and written with one syscall (fast links)...
 const UPLOAD_BATCH_BYTES: usize = 1024 * 1024;
+/// ...and at least this many (slow links, where a big batch would delay the
+/// control messages queued behind it).
+const MIN_UPLOAD_BATCH: usize = 64 * 1024;
+/// Unsent bytes the kernel may hold per socket (TCP_NOTSENT_LOWAT). Without
+/// it a capped uplink buffers megabytes of piece data, and our `request` and
+/// `have` messages to that peer wait seconds behind them: pipelines starve.
+const NOTSENT_LOWAT: u32 = 128 * 1024;
+
+/// Socket options for peer connections.
+fn tune(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    // Best effort: not every kernel has it.
+    let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(NOTSENT_LOWAT);
+    Ok(())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -63,7 +79,7 @@ pub async fn dial(
     let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::ConnectTimeout)??;
-    stream.set_nodelay(true)?;
+    tune(&stream)?;
     let ours = Handshake::new(info_hash, peer_id);
     let remote = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         stream.write_all(&ours.to_bytes()).await?;
@@ -113,7 +129,7 @@ pub async fn accept_finish(
     info_hash: [u8; 20],
     peer_id: [u8; 20],
 ) -> Result<Connected, ConnectError> {
-    stream.set_nodelay(true)?;
+    tune(&stream)?;
     let remote_id = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         stream
             .write_all(&Handshake::new(info_hash, peer_id).to_bytes())
@@ -242,8 +258,10 @@ pub struct WriterCounters {
 }
 
 /// Drains `rx` into the socket until the channel closes or a write fails.
-/// Uploads are read from disk in batches of up to 1 MiB on a blocking thread
-/// and written out with one syscall per batch.
+/// Uploads are read from disk in batches on a blocking thread and written out
+/// with one syscall per batch. The batch adapts to the link: it doubles (up
+/// to 1 MiB) while writes complete at once and halves (down to 64 KiB) while
+/// they wait, so control messages never queue behind seconds of data.
 pub async fn run_writer(
     mut w: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
@@ -254,6 +272,7 @@ pub async fn run_writer(
 ) -> io::Result<()> {
     let mut out = BytesMut::with_capacity(UPLOAD_BATCH_BYTES + 64 * 1024);
     let mut queue: VecDeque<BlockRef> = VecDeque::new();
+    let mut batch_limit = UPLOAD_BATCH_BYTES;
     loop {
         if out.is_empty() && queue.is_empty() {
             match tokio::time::timeout(KEEPALIVE_INTERVAL, rx.recv()).await {
@@ -278,7 +297,7 @@ pub async fn run_writer(
             let mut batch = Vec::new();
             let mut bytes = 0usize;
             while let Some(b) = queue.front() {
-                if bytes > 0 && bytes + b.len as usize > UPLOAD_BATCH_BYTES {
+                if bytes > 0 && bytes + b.len as usize > batch_limit {
                     break;
                 }
                 bytes += b.len as usize;
@@ -310,9 +329,19 @@ pub async fn run_writer(
             session_uploaded.fetch_add(bytes as u64, Ordering::Relaxed);
         }
         if !out.is_empty() {
+            let started = std::time::Instant::now();
+            let was_batch = out.len() >= MIN_UPLOAD_BATCH;
             tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&out))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))??;
+            if was_batch {
+                let took = started.elapsed();
+                if took > std::time::Duration::from_millis(40) {
+                    batch_limit = (batch_limit / 2).max(MIN_UPLOAD_BATCH);
+                } else if took < std::time::Duration::from_millis(5) {
+                    batch_limit = (batch_limit * 2).min(UPLOAD_BATCH_BYTES);
+                }
+            }
             out.clear();
             // Keep the buffer from growing without bound after a burst of control messages.
             if out.capacity() > 4 * UPLOAD_BATCH_BYTES {

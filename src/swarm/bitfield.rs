@@ -82,6 +82,16 @@ impl Bitfield {
         true
     }
 
+    /// Clears bit `i`; returns true if it was set.
+    pub fn clear(&mut self, i: u32) -> bool {
+        if !self.get(i) {
+            return false;
+        }
+        self.bits[i as usize / 8] &= !(0x80 >> (i % 8));
+        self.count -= 1;
+        true
+    }
+
     pub fn ones(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.len).filter(|&i| self.get(i))
     }

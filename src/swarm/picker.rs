@@ -1,10 +1,13 @@
 //! Piece picking: which blocks to ask a peer for next.
 //!
 //! Policy, in order:
-//! 1. blocks of pieces already in progress that this peer has (finish what
-//!    is started: fewer buffers, sooner `have`s), preferring pieces this peer
-//!    is already working on, so a piece usually comes from one peer and a
-//!    bad hash points at one culprit;
+//! 1. blocks of pieces in progress that this peer owns (it took their first
+//!    block) or that nobody owns any more: finish what is started, sooner
+//!    `have`s, fewer buffers. A piece owned by another peer is left to it
+//!    until endgame. That keeps every peer's pipeline on pieces it alone was
+//!    asked for: a seeder's scarce upload goes to pieces only it has (the
+//!    rarest), instead of to blocks of pieces other leechers are already
+//!    serving; and a piece that fails its hash names one culprit;
 //! 2. a new piece, the rarest among those the peer has, scanning from a
 //!    random start so that peers with equal views still spread out (never in
 //!    order: in-order picking makes every leecher want the same pieces from
@@ -40,7 +43,7 @@ pub const ENDGAME_DUPLICATES: usize = 2;
 pub const ENDGAME_IDLE: usize = 4;
 /// ... and only blocks outstanding at least this long: on a fast link most
 /// "last blocks" are already on their way, and duplicating them only wastes.
-pub const ENDGAME_AFTER: Duration = Duration::from_millis(500);
+pub const ENDGAME_AFTER: Duration = Duration::from_millis(2000);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Block {
@@ -57,9 +60,7 @@ struct Active {
     received: u32,
     data: Vec<u8>,
     verifying: bool,
-    /// After a hash failure with several contributors, the piece is fetched
-    /// again from one peer only, so the next failure names the culprit.
-    solo: bool,
+    /// The peer that took the piece's first open block; others leave it alone.
     owner: Option<PeerKey>,
 }
 
@@ -189,7 +190,7 @@ impl Picker {
             return;
         }
         let start_len = out.len();
-        // 1. Pieces in progress, this peer's own first.
+        // 1. Pieces in progress that are this peer's (or nobody's), its own first.
         let mut candidates: Vec<u32> = self
             .active
             .iter()
@@ -197,7 +198,7 @@ impl Picker {
                 !a.verifying
                     && a.open > 0
                     && has.get(p)
-                    && (!a.solo || a.owner.is_none() || a.owner == Some(peer))
+                    && (a.owner.is_none() || a.owner == Some(peer))
             })
             .map(|(&p, _)| p)
             .collect();
@@ -322,7 +323,6 @@ impl Picker {
                 received,
                 data,
                 verifying: false,
-                solo: false,
                 owner: None,
             },
         );
@@ -443,7 +443,6 @@ impl Picker {
         } else {
             a.data = buf;
             a.verifying = false;
-            a.solo = contributors.len() > 1 || a.solo;
             a.owner = None;
             a.received = 0;
             a.open = 0;
@@ -625,29 +624,36 @@ mod tests {
     }
 
     #[test]
-    fn failed_piece_is_refetched_from_one_peer() {
+    fn pieces_are_owned_and_a_failed_piece_is_refetched_from_one_peer() {
         let (_t, m) = meta(&[65536], false);
         let mut p = Picker::new(&m, Bitfield::new(2), 1 << 20);
         let seed = Bitfield::full(2);
         let mut a = Vec::new();
-        p.pick(1, &seed, 0, 1, &mut a);
+        p.pick(1, &seed, 0, 2, &mut a);
+        assert_eq!(a.len(), 2, "both blocks of one piece");
         let mut b = Vec::new();
         p.pick(2, &seed, 0, 1, &mut b);
-        assert_eq!(
-            a[0].piece, b[0].piece,
-            "second peer helps with the started piece"
-        );
-        for (k, r) in [(1, a[0]), (2, b[0])] {
-            p.on_block(k, &r, &vec![0; r.len as usize]);
-        }
+        assert_ne!(a[0].piece, b[0].piece, "another peer's piece is left to it");
+        // Peer 1 delivers one block and is choked: the other block goes back
+        // to the pool, the piece has no owner, and peer 3 finishes it.
+        p.on_block(1, &a[0], &vec![0; a[0].len as usize]);
+        p.release(1, &a[1]);
+        let mut c = Vec::new();
+        p.pick(3, &seed, 0, 1, &mut c);
+        assert_eq!(c, vec![a[1]]);
+        assert!(matches!(
+            p.on_block(3, &c[0], &vec![0; c[0].len as usize]),
+            BlockOutcome::Stored { complete: true, .. }
+        ));
         let buf = p.take_data(a[0].piece);
-        assert_eq!(p.verified(a[0].piece, false, buf), vec![1, 2]);
-        // Now solo: once peer 1 takes a block, peer 2 gets a different piece.
+        assert_eq!(p.verified(a[0].piece, false, buf), vec![1, 3]);
+        // Refetched from one peer: once peer 1 owns it, peer 3 gets nothing of it.
         let mut a2 = Vec::new();
         p.pick(1, &seed, 0, 1, &mut a2);
-        let mut b2 = Vec::new();
-        p.pick(2, &seed, 0, 1, &mut b2);
-        assert_ne!(a2[0].piece, b2[0].piece);
+        assert_eq!(a2[0].piece, a[0].piece);
+        let mut c2 = Vec::new();
+        p.pick(3, &seed, 0, 4, &mut c2);
+        assert!(c2.iter().all(|r| r.piece != a[0].piece), "{c2:?}");
     }
 
     #[test]
