@@ -1209,7 +1209,7 @@ fn bench_publish(cli: &Cli, size: u64, leechers: usize) -> Result<()> {
     let anon = peaks.get(&master.pid()).map(|p| p.0).unwrap_or(0);
     header(&format!(
         "publish: {} snapshot directory → visible version (master on loopback)",
-        ByteSize(dir_bytes(&dir.join("snap")))
+        indexswarm::units::human_bytes(dir_bytes(&dir.join("snap")))
     ));
     println!("| | seconds |");
     println!("|---|---|");
@@ -1220,7 +1220,7 @@ fn bench_publish(cli: &Cli, size: u64, leechers: usize) -> Result<()> {
     println!(
         "\nMaster seeding 3 versions to {leechers} concurrent leechers ({ok} finished, {:.1} s, {} moved): peak RssAnon {:.1} MiB, peak RSS (VmHWM, counts page cache mapped by nobody but includes heap) {:.1} MiB.",
         secs,
-        ByteSize(dir_bytes(&out)),
+        indexswarm::units::human_bytes(dir_bytes(&out)),
         anon as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
