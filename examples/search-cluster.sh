@@ -19,7 +19,7 @@ mkdir -p "$WORK/snapshots"
 for i in 1 2; do
     "$SEARCHD" serve --index "$WORK/replica-$i/current" --listen "127.0.0.1:1808$i" 2> "$WORK/searchd-$i.log" & PIDS+=($!)
     "$BIN" replica --master-url http://127.0.0.1:17070 --data-dir "$WORK/replica-$i" \
-        --http-listen "127.0.0.1:1707$i" --peer-listen "127.0.0.1:1688$i" --poll-interval-secs 1 \
+        --http-listen "127.0.0.1:1707$i" --peer-listen "127.0.0.1:1689$i" --poll-interval-secs 1 \
         --on-swap "http://127.0.0.1:1808$i/reload" 2> "$WORK/replica-$i.log" & PIDS+=($!)
 done
 
