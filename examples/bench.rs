@@ -323,13 +323,7 @@ fn data(work: &Path, size: u64) -> Result<PathBuf> {
 }
 
 fn dir_bytes(p: &Path) -> u64 {
-    walkdir::WalkDir::new(p)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
+    indexswarm::demo::dir_size(p)
 }
 
 fn best_of(runs: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {

@@ -181,18 +181,9 @@ pub fn stdout_last_line(out: &Output) -> String {
         .to_string()
 }
 
-/// Deterministic pseudo-random bytes (xorshift), fast enough for hundreds of MB.
+/// Deterministic pseudo-random bytes (the generator the demo uses).
 pub fn fill(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    indexswarm::demo::pseudo_random(seed, len)
 }
 
 /// Writes files (relative path, size) under `root` with content from `seed`.
@@ -313,4 +304,93 @@ pub fn aria2_common(port: u16) -> Vec<String> {
     .map(|s| s.to_string())
     .chain([format!("--listen-port={port}")])
     .collect()
+}
+
+// ---------------------------------------------------------------- HTTP
+
+pub struct Resp {
+    /// 0 when no answer came (connection refused, timeout).
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "expected JSON (status {}), got {e}: {:?}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+
+    /// The `{"error": "..."}` body of a refused request.
+    pub fn error_message(&self) -> String {
+        let j = self.json();
+        match j.get("error").and_then(serde_json::Value::as_str) {
+            Some(m) if !m.is_empty() => m.to_string(),
+            _ => panic!("status {} without an error message: {j}", self.status),
+        }
+    }
+}
+
+/// One HTTP request on a throwaway current-thread runtime. `auth` is the raw
+/// `Authorization` header value.
+pub fn request(method: &str, url: &str, body: Option<&str>, auth: Option<&str>) -> Resp {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the test's HTTP client");
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("an HTTP client");
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+        let mut rb = client.request(method, url);
+        if let Some(b) = body {
+            rb = rb
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        if let Some(a) = auth {
+            rb = rb.header("authorization", a);
+        }
+        match rb.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let content_type = r
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let body = r.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+                Resp {
+                    status,
+                    content_type,
+                    body,
+                }
+            }
+            Err(e) => Resp {
+                status: 0,
+                content_type: String::new(),
+                body: e.to_string().into_bytes(),
+            },
+        }
+    })
+}
+
+/// GET a JSON document; `None` unless it answered 200 with JSON.
+pub fn get_json(url: &str) -> Option<serde_json::Value> {
+    let r = request("GET", url, None, None);
+    (r.status == 200)
+        .then(|| serde_json::from_slice(&r.body).ok())
+        .flatten()
 }

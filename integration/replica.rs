@@ -30,36 +30,10 @@ const MB: u64 = 1 << 20;
 
 // ---------------------------------------------------------------- HTTP
 
-/// One request on a throwaway runtime; `None` when nothing answered.
+/// One request; `None` when nothing answered.
 fn http(method: &str, url: &str, body: Option<&str>) -> Option<(u16, Vec<u8>)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime for the test's HTTP client");
-    rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .ok()?;
-        let method = reqwest::Method::from_bytes(method.as_bytes()).ok()?;
-        let mut rb = client.request(method, url);
-        if let Some(b) = body {
-            rb = rb
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let r = rb.send().await.ok()?;
-        let status = r.status().as_u16();
-        let body = r.bytes().await.ok()?.to_vec();
-        Some((status, body))
-    })
-}
-
-fn get_json(url: &str) -> Option<Value> {
-    match http("GET", url, None)? {
-        (200, body) => serde_json::from_slice(&body).ok(),
-        _ => None,
-    }
+    let r = request(method, url, body, None);
+    (r.status != 0).then_some((r.status, r.body))
 }
 
 /// Polls `ok` like `wait_until`, but a timeout panics with `diag()` (the

@@ -19,22 +19,6 @@ fn searchd() -> PathBuf {
     p
 }
 
-fn get_json(url: &str) -> Option<serde_json::Value> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
-    rt.block_on(async {
-        let r = reqwest::Client::new()
-            .get(url)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .ok()?;
-        r.json::<serde_json::Value>().await.ok()
-    })
-}
-
 #[test]
 fn query_for_a_version_2_document_answers_on_every_replica_after_the_swap() {
     let d = test_dir("search");

@@ -347,7 +347,8 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     Ok(())
 }
 
-fn dir_size(p: &Path) -> u64 {
+/// Bytes in the regular files under `p`.
+pub fn dir_size(p: &Path) -> u64 {
     walkdir::WalkDir::new(p)
         .into_iter()
         .flatten()

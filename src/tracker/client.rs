@@ -88,6 +88,24 @@ pub struct AnnounceConfig {
     pub numwant: u32,
 }
 
+impl AnnounceConfig {
+    fn request(&self, s: TransferStats, event: Event, numwant: u32) -> AnnounceRequest {
+        AnnounceRequest {
+            info_hash: self.info_hash,
+            peer_id: self.peer_id,
+            port: self.port,
+            uploaded: s.uploaded,
+            downloaded: s.downloaded,
+            left: s.left,
+            event,
+            compact: true,
+            no_peer_id: true,
+            numwant: Some(numwant),
+            ip: None,
+        }
+    }
+}
+
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Announces until `shutdown`, then sends `stopped` (bounded by a short timeout).
@@ -114,19 +132,7 @@ pub async fn run_announce_loop(
             event = Event::Completed;
         }
         was_complete |= s.left == 0;
-        let req = AnnounceRequest {
-            info_hash: cfg.info_hash,
-            peer_id: cfg.peer_id,
-            port: cfg.port,
-            uploaded: s.uploaded,
-            downloaded: s.downloaded,
-            left: s.left,
-            event,
-            compact: true,
-            no_peer_id: true,
-            numwant: Some(cfg.numwant),
-            ip: None,
-        };
+        let req = cfg.request(s, event, cfg.numwant);
         let url = &cfg.urls[url_index % cfg.urls.len()];
         let wait = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -170,19 +176,7 @@ pub async fn run_announce_loop(
     }
     if announced_once {
         let s = *stats.borrow();
-        let req = AnnounceRequest {
-            info_hash: cfg.info_hash,
-            peer_id: cfg.peer_id,
-            port: cfg.port,
-            uploaded: s.uploaded,
-            downloaded: s.downloaded,
-            left: s.left,
-            event: Event::Stopped,
-            compact: true,
-            no_peer_id: true,
-            numwant: Some(0),
-            ip: None,
-        };
+        let req = cfg.request(s, Event::Stopped, 0);
         let url = &cfg.urls[url_index % cfg.urls.len()];
         match tokio::time::timeout(Duration::from_secs(3), announce(&http, url, &req)).await {
             Ok(Ok(_)) => info!(%url, "sent stopped announce"),
