@@ -1088,3 +1088,80 @@ fn example_config_starts_a_replica_and_master_url_is_required() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// Mounts a tmpfs of `mib` MiB at `dir` (root only); unmounted on drop.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &Path, mib: u64) -> Option<SmallDisk> {
+        fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn grow(&self, mib: u64) {
+        let st = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={mib}m")])
+            .arg(&self.dir)
+            .status()
+            .expect("mount runs");
+        assert!(st.success(), "remount {} to {mib} MiB", self.dir.display());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_cycle_without_touching_the_live_version_and_recovers() {
+    // A real full disk: the replica's data directory on a 12 MiB tmpfs
+    // (mounting needs root, as CI and this machine have).
+    let d = test_dir("rep-full-disk");
+    let Some(disk) = SmallDisk::mount(&d.path().join("data"), 12) else {
+        panic!("cannot mount a tmpfs: this test needs root (CI runs as root)");
+    };
+    let mut m = Master::start(d.path(), &[]);
+    let mut r = start_replica(&m, &disk.dir.join("r"), "replica-full", &[], &[]);
+    let v1 = m.publish_new("snapshot.20260101000000000", 4 * MB, 31);
+    r.wait_version(v1, REPLICATE);
+    let v1_tree = tree(&r.data.join("current"));
+
+    // Version 2 is new data of 16 MiB: it cannot fit.
+    let v2 = m.publish_new("snapshot.20260102000000000", 16 * MB, 32);
+    r.wait_status(REPLICATE, "a failed cycle reporting the full disk", |s| {
+        s["times_failed"].as_u64().unwrap_or(0) > 0
+            && s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("No space left"))
+    });
+    let s = r.status();
+    assert_eq!(s["current_version"], v1, "the live version stays: {s}");
+    assert_eq!(
+        fs::read_link(r.data.join("current")).unwrap(),
+        Path::new("versions/1")
+    );
+    assert!(
+        tree(&r.data.join("current")) == v1_tree,
+        "live files untouched"
+    );
+    assert!(r.proc.try_status().is_none(), "the replica keeps running");
+
+    // Room again: the next cycle resumes and swaps.
+    disk.grow(64);
+    r.wait_version(v2, REPLICATE);
+    assert_same_tree(m.snapshot(v2), &r.data.join("current"));
+}
