@@ -407,6 +407,46 @@ fn directory_removed_before_settling_is_never_published() {
 
 // ---------------------------------------------------------------- POST /snapshot
 
+/// Sets every file's mtime under `dir` two hours back.
+fn age_files(dir: &Path) {
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "find '{}' -type f -exec touch -d '2 hours ago' {{}} +",
+            dir.display()
+        ))
+        .status()
+        .expect("find runs");
+    assert!(st.success());
+}
+
+#[test]
+fn post_snapshot_without_a_body_never_picks_a_directory_still_changing() {
+    let d = test_dir("m-post-fresh");
+    let snaps = d.path().join("snaps");
+    small_snapshot(&snaps.join("old"), 1);
+    age_files(&snaps);
+    small_snapshot(&snaps.join("snapshot.20260105000000000"), 2); // just written
+    let m = start_master_on(
+        "master",
+        d.path(),
+        &snaps,
+        free_port(),
+        free_port(),
+        &["--settle-secs", "3600"],
+    );
+    let r = m.post_snapshot(None, None);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        r.json()["name"],
+        "old",
+        "the fresh directory is not complete yet"
+    );
+    // Named explicitly, the caller vouches for it.
+    let r = m.post_snapshot(Some(r#"{"path": "snapshot.20260105000000000"}"#), None);
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
 #[test]
 fn post_snapshot_with_and_without_a_body_and_bad_paths() {
     let d = test_dir("m-post");
@@ -420,6 +460,10 @@ fn post_snapshot_with_and_without_a_body_and_bad_paths() {
     let outside = d.path().join("outside");
     small_snapshot(&outside, 5);
     std::os::unix::fs::symlink(&outside, snaps.join("escape")).unwrap();
+    // Written "two hours ago": complete for POST /snapshot without a body
+    // (nothing changed for settle_secs), while the watcher, which must see
+    // a directory unchanged for an hour itself, publishes nothing.
+    age_files(&snaps);
     // An hour to settle: only POST /snapshot publishes here.
     let m = start_master_on(
         "master",
@@ -507,6 +551,7 @@ fn post_snapshot_needs_the_token_when_one_is_configured() {
     let d = test_dir("m-token");
     let snaps = d.path().join("snaps");
     small_snapshot(&snaps.join("a"), 1);
+    age_files(&snaps);
     let m = start_master_on(
         "master",
         d.path(),

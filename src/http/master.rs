@@ -170,7 +170,8 @@ async fn post_snapshot(
             None => {
                 return Ok(error(
                     StatusCode::NOT_FOUND,
-                    "no complete snapshot directory to publish",
+                    "no complete snapshot directory to publish: none has the marker file, \
+                     or none has been unchanged for settle_secs",
                 ))
             }
         },

@@ -199,16 +199,22 @@ impl Master {
         std::fs::read(reg.torrent_path(version)).ok()
     }
 
-    /// The newest complete subdirectory, for `POST /snapshot` without a body.
+    /// The newest complete subdirectory, for `POST /snapshot` without a body:
+    /// one with the marker file, or (without a marker) one in which nothing
+    /// changed for the settle interval. A directory still being written is
+    /// never picked.
     pub fn newest_dir(&self) -> Option<String> {
         let dirs = list_dirs(&self.cfg.snapshots_dir);
         dirs.into_iter()
             .filter(|n| self.cfg.snapshots_dir.join(n) != self.cfg.state_dir)
             .filter(|n| {
-                self.cfg
-                    .marker_file
-                    .as_ref()
-                    .is_none_or(|m| self.cfg.snapshots_dir.join(n).join(m).exists())
+                let dir = self.cfg.snapshots_dir.join(n);
+                match &self.cfg.marker_file {
+                    Some(m) => dir.join(m).exists(),
+                    None => watcher::fingerprint(&dir).is_some_and(|fp| {
+                        !fp.is_empty() && watcher::quiet_for(&fp) >= self.cfg.settle
+                    }),
+                }
             })
             .max_by_key(|n| {
                 let mtime = std::fs::metadata(self.cfg.snapshots_dir.join(n))

@@ -251,27 +251,42 @@ impl Master {
                 }
             };
             let dir = self.cfg.snapshots_dir.join(&rec.name);
-            let fp = tokio::task::spawn_blocking(move || fingerprint(&dir))
+            let d2 = dir.clone();
+            let fp = tokio::task::spawn_blocking(move || fingerprint(&d2))
                 .await
                 .ok()
                 .flatten();
-            let check = match fp {
-                None => {
+            let check = match &fp {
+                None if gone(&dir) => {
                     self.withdraw(&rec, "snapshot directory is gone").await;
                     continue;
                 }
-                Some(fp) if same_files(&fp, &rec.sources) => Check::AssumeComplete,
-                Some(_) => {
+                Some(fp) if same_files(fp, &rec.sources) => Check::AssumeComplete,
+                _ => {
                     info!(
                         version = rec.version,
-                        "files changed since publication; rehashing"
+                        "files changed since publication (or could not be listed); rehashing"
                     );
                     Check::Verify
                 }
             };
             match self.start_seeding(meta, check).await {
                 Ok(()) => {
-                    info!(version = rec.version, name = %rec.name, "seeding again after restart")
+                    info!(version = rec.version, name = %rec.name, "seeding again after restart");
+                    // The data verified: what is on disk now is what we vouch for.
+                    if let (Check::Verify, Some(fp)) = (check, fp) {
+                        let sources = fp
+                            .iter()
+                            .map(|(path, length, mtime_ns)| SourceRecord {
+                                path: path.clone(),
+                                length: *length,
+                                mtime_ns: *mtime_ns,
+                            })
+                            .collect();
+                        if let Err(e) = self.registry.lock().set_sources(rec.version, sources) {
+                            warn!("cannot record the files of version {}: {e}", rec.version);
+                        }
+                    }
                 }
                 Err(e) => {
                     self.withdraw(&rec, &format!("data no longer matches the torrent: {e}"))
@@ -286,15 +301,23 @@ impl Master {
         let published = self.registry.lock().published();
         for rec in published {
             let dir = self.cfg.snapshots_dir.join(&rec.name);
-            let fp = tokio::task::spawn_blocking(move || fingerprint(&dir))
+            let d2 = dir.clone();
+            let fp = tokio::task::spawn_blocking(move || fingerprint(&d2))
                 .await
                 .ok()
                 .flatten();
             match fp {
-                None => {
+                None if gone(&dir) => {
                     self.withdraw(&rec, "snapshot directory vanished after publication")
                         .await
                 }
+                // Listing failed for another reason (descriptors, permissions):
+                // look again next time rather than withdraw a good version.
+                None => warn!(
+                    version = rec.version,
+                    "cannot list {}; will look again",
+                    dir.display()
+                ),
                 Some(fp) if !same_files(&fp, &rec.sources) => {
                     self.withdraw(&rec, "snapshot directory was modified after publication")
                         .await
@@ -303,6 +326,11 @@ impl Master {
             }
         }
     }
+}
+
+/// Is the directory really gone (as opposed to unreadable for a moment)?
+fn gone(dir: &std::path::Path) -> bool {
+    matches!(std::fs::symlink_metadata(dir), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// Does a fingerprint match the recorded sources (path, size, mtime)?

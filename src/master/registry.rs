@@ -164,6 +164,18 @@ impl Registry {
         self.save()
     }
 
+    /// Records what a version's files look like now (after a rehash verified them).
+    pub fn set_sources(
+        &mut self,
+        version: u64,
+        sources: Vec<SourceRecord>,
+    ) -> Result<(), RegistryError> {
+        if let Some(v) = self.data.versions.iter_mut().find(|v| v.version == version) {
+            v.sources = sources;
+        }
+        self.save()
+    }
+
     fn save(&self) -> Result<(), RegistryError> {
         let file = self.dir.join("versions.json");
         let bytes = serde_json::to_vec_pretty(&self.data).map_err(|e| RegistryError::Io {

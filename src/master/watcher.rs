@@ -47,6 +47,16 @@ pub fn fingerprint(dir: &Path) -> Option<Fingerprint> {
     Some(out)
 }
 
+/// How long since anything in a fingerprint last changed (its newest mtime).
+pub fn quiet_for(fp: &Fingerprint) -> std::time::Duration {
+    let newest = fp.iter().map(|f| f.2).max().unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    std::time::Duration::from_nanos(now.saturating_sub(newest).min(u64::MAX as u128) as u64)
+}
+
 /// Names we never treat as snapshots: hidden entries and temporaries, and
 /// the live parts of a Solr data directory (`index`, `index.<timestamp>`,
 /// `tlog`, `snapshot_metadata`), because Solr writes its `snapshot.*`

@@ -255,6 +255,10 @@ pub struct WriterCounters {
     pub uploaded: AtomicU64,
     /// Requests the peer made that are still queued here.
     pub queued_uploads: AtomicU64,
+    /// Items handed to the writer and not yet taken from its channel. A peer
+    /// that sends requests and cancels but never reads its socket makes this
+    /// grow; the session drops it past a bound.
+    pub pending: AtomicU64,
 }
 
 /// Drains `rx` into the socket until the channel closes or a write fails.
@@ -262,7 +266,24 @@ pub struct WriterCounters {
 /// with one syscall per batch. The batch adapts to the link: it doubles (up
 /// to 1 MiB) while writes complete at once and halves (down to 64 KiB) while
 /// they wait, so control messages never queue behind seconds of data.
+/// Returns at once when `stop` fires, dropping whatever is still queued: a
+/// stopped session must not keep reading its files for a peer.
 pub async fn run_writer(
+    w: OwnedWriteHalf,
+    rx: mpsc::UnboundedReceiver<Outgoing>,
+    reader: Arc<dyn BlockReader>,
+    limiters: Vec<Arc<Limiter>>,
+    counters: Arc<WriterCounters>,
+    session_uploaded: Arc<AtomicU64>,
+    stop: tokio_util::sync::CancellationToken,
+) -> io::Result<()> {
+    tokio::select! {
+        _ = stop.cancelled() => Ok(()),
+        r = write_loop(w, rx, reader, limiters, counters, session_uploaded) => r,
+    }
+}
+
+async fn write_loop(
     mut w: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     reader: Arc<dyn BlockReader>,
@@ -357,6 +378,11 @@ fn handle(
     queue: &mut VecDeque<BlockRef>,
     counters: &WriterCounters,
 ) {
+    let _ = counters
+        .pending
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(1))
+        });
     match item {
         Outgoing::Msg(m) => m.encode_into(out),
         Outgoing::Requests(bs) => bs

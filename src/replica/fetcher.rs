@@ -105,6 +105,7 @@ pub fn reuse_files(
             let tmp = dst.with_extension("indexswarm-copy");
             let _ = std::fs::remove_file(&tmp); // left by a crash mid-copy
             std::fs::copy(&src, &tmp)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
             std::fs::rename(&tmp, &dst)?;
         }
         out.push(Reused {

@@ -570,6 +570,20 @@ impl Replica {
             })
             .unwrap_or_default();
         versions.sort_unstable_by(|a, b| b.cmp(a));
+        // Partial downloads of versions we have passed will never be needed.
+        if let (Some(live), Ok(rd)) = (live, std::fs::read_dir(&vdir)) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name
+                    .strip_suffix(".partial")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_some_and(|v| v <= live)
+                {
+                    info!(partial = %name, "removing a partial download of a version already passed");
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let keep: Vec<u64> = versions
             .iter()
             .copied()

@@ -123,6 +123,17 @@ pub async fn swap_solr(
     let index_dir = cfg.core_data_dir.join(&name);
     let _ = std::fs::remove_dir_all(&tmp);
     link_tree(version_dir, &tmp)?;
+    // The entries inside must be durable before anything points at them.
+    for e in walkdir::WalkDir::new(&tmp)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_dir())
+    {
+        sync_dir(e.path()).map_err(|e2| SwapError::Io {
+            path: e.path().to_path_buf(),
+            source: std::io::Error::other(e2.to_string()),
+        })?;
+    }
     std::fs::rename(&tmp, &index_dir).map_err(io(&index_dir))?;
     sync_dir(&cfg.core_data_dir).map_err(|e| SwapError::Io {
         path: cfg.core_data_dir.clone(),

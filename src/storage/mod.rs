@@ -42,6 +42,8 @@ pub enum StorageError {
     ReadOnly,
     #[error("read past the end of the torrent")]
     OutOfRange,
+    #[error("storage is closed")]
+    Closed,
 }
 
 impl StorageError {
@@ -66,6 +68,9 @@ pub struct Storage {
     mode: Mode,
     slots: Vec<Slot>,
     open: AtomicUsize,
+    /// Set by `close_all`: no file is opened (let alone created) afterwards,
+    /// so nothing late can recreate a directory that was renamed or deleted.
+    closed: AtomicBool,
 }
 
 impl Storage {
@@ -101,6 +106,7 @@ impl Storage {
             mode,
             slots,
             open: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -126,10 +132,19 @@ impl Storage {
         if let Some(h) = guard.as_ref() {
             return Ok(h.clone());
         }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
+        }
         let file = match (self.mode, write) {
             (Mode::ReadOnly, true) => return Err(StorageError::ReadOnly),
             (Mode::ReadOnly, false) => File::open(&slot.path).map_err(Self::io_err(&slot.path))?,
-            (Mode::ReadWrite, _) => {
+            // A read only ever targets data we wrote: never create for it.
+            (Mode::ReadWrite, false) => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&slot.path)
+                .map_err(Self::io_err(&slot.path))?,
+            (Mode::ReadWrite, true) => {
                 if let Some(dir) = slot.path.parent() {
                     std::fs::create_dir_all(dir).map_err(Self::io_err(dir))?;
                 }
@@ -240,10 +255,12 @@ impl Storage {
                 self.handle(i, true)?;
                 slot.dirty.store(true, Ordering::Relaxed);
             }
-            if slot.dirty.swap(false, Ordering::Relaxed) {
-                let h = self.handle(i, true)?;
-                h.sync_all().map_err(Self::io_err(&slot.path))?;
-            }
+            // Every file, not only those written in this run: pieces found on
+            // disk at start (a resumed download, a reused file) may still be
+            // in the page cache only. Files with nothing dirty sync cheaply.
+            slot.dirty.store(false, Ordering::Relaxed);
+            let h = self.handle(i, true)?;
+            h.sync_all().map_err(Self::io_err(&slot.path))?;
             if let Some(d) = slot.path.parent() {
                 dirs.insert(d.to_path_buf());
             }
@@ -254,8 +271,10 @@ impl Storage {
         Ok(())
     }
 
-    /// Drops every open handle (before the directory is renamed or deleted).
+    /// Drops every open handle and refuses to open any again (before the
+    /// directory is renamed or deleted).
     pub fn close_all(&self) {
+        self.closed.store(true, Ordering::Release);
         for slot in &self.slots {
             if slot.handle.lock().take().is_some() {
                 self.open.fetch_sub(1, Ordering::Relaxed);

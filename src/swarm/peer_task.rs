@@ -31,9 +31,11 @@ pub(crate) async fn run(
     let (r, w) = conn.stream.into_split();
     let (storage, up_limiters, uploaded) = session.writer_inputs();
     let writer_kill = kill.clone();
-    let writer = tokio::spawn(
+    let mut writer = tokio::spawn(
         async move {
-            if let Err(e) = run_writer(w, rx, storage, up_limiters, counters, uploaded).await {
+            let stop = writer_kill.clone();
+            if let Err(e) = run_writer(w, rx, storage, up_limiters, counters, uploaded, stop).await
+            {
                 debug!("write side closed: {e}");
             }
             writer_kill.cancel();
@@ -69,7 +71,12 @@ pub(crate) async fn run(
         }
     };
     session.remove_peer(key, &reason);
+    // Stops the writer too (it drops what is still queued).
     kill.cancel();
-    // The writer ends once the session dropped our sender; do not wait on a stuck socket forever.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+    if tokio::time::timeout(std::time::Duration::from_secs(5), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
 }

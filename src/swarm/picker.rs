@@ -64,6 +64,16 @@ struct Active {
     owner: Option<PeerKey>,
 }
 
+impl Active {
+    /// Does `peer` still have blocks of this piece requested? An owner that
+    /// has none (all delivered or rejected) no longer holds the piece back.
+    fn has_requests_from(&self, peer: PeerKey) -> bool {
+        self.blocks
+            .iter()
+            .any(|b| matches!(b, Block::Requested(by, _) if by.contains(&peer)))
+    }
+}
+
 /// What became of a received block.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BlockOutcome {
@@ -198,7 +208,7 @@ impl Picker {
                 !a.verifying
                     && a.open > 0
                     && has.get(p)
-                    && (a.owner.is_none() || a.owner == Some(peer))
+                    && a.owner.is_none_or(|o| o == peer || !a.has_requests_from(o))
             })
             .map(|(&p, _)| p)
             .collect();
@@ -367,12 +377,7 @@ impl Picker {
                     a.open += 1;
                 }
             }
-            if a.owner == Some(peer)
-                && !a
-                    .blocks
-                    .iter()
-                    .any(|b| matches!(b, Block::Requested(by, _) if by.contains(&peer)))
-            {
+            if a.owner == Some(peer) && !a.has_requests_from(peer) {
                 a.owner = None;
             }
         }
@@ -654,6 +659,25 @@ mod tests {
         let mut c2 = Vec::new();
         p.pick(3, &seed, 0, 4, &mut c2);
         assert!(c2.iter().all(|r| r.piece != a[0].piece), "{c2:?}");
+    }
+
+    #[test]
+    fn an_owner_with_nothing_requested_does_not_hold_its_piece_back() {
+        let (_t, m) = meta(&[65536], false);
+        let mut p = Picker::new(&m, Bitfield::new(2), 1 << 20);
+        let seed = Bitfield::full(2);
+        let mut a = Vec::new();
+        p.pick(1, &seed, 0, 2, &mut a);
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].piece, a[1].piece);
+        // Peer 1 has one block rejected (it still owns the piece: the other
+        // is in flight), then delivers the other: it owns the piece but asks
+        // for nothing of it any more, so peer 2 may finish it.
+        p.release(1, &a[1]);
+        p.on_block(1, &a[0], &vec![0; a[0].len as usize]);
+        let mut b = Vec::new();
+        p.pick(2, &seed, 0, 1, &mut b);
+        assert_eq!(b, vec![a[1]]);
     }
 
     #[test]

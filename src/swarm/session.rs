@@ -31,6 +31,12 @@ use crate::peer::connection::{dial, ConnectError, Connected, Limiter, Outgoing, 
 use crate::storage::Storage;
 use crate::tracker::{run_announce_loop, AnnounceConfig, TransferStats};
 
+/// Items queued for one connection's writer before we give up on the peer
+/// (it sends, but does not read what we send back).
+const MAX_PENDING_WRITES: u64 = 16_384;
+/// Piece maps (bitfield, have-all) we accept from one peer: aria2 sends a
+/// late second one; more than a few is abuse.
+const MAX_PIECE_MAPS: u32 = 4;
 /// Requests we queue for one peer before refusing more.
 pub(crate) const MAX_PEER_REQUESTS: u64 = 2048;
 /// Our default request pipeline depth before we know a peer's rate.
@@ -127,10 +133,13 @@ pub(crate) struct PeerState {
     wasted: u64,
     /// Pieces this peer rejected, not asked of it again until the instant.
     avoid: HashMap<u32, Instant>,
+    /// Bitfields and have-alls received: each costs a pass over all pieces.
+    piece_maps: u32,
 }
 
 impl PeerState {
     fn send(&self, o: Outgoing) {
+        self.writer.pending.fetch_add(1, Ordering::Relaxed);
         let _ = self.tx.send(o);
     }
 }
@@ -608,8 +617,16 @@ impl Session {
     fn learn(&self, addrs: Vec<SocketAddr>) {
         let mut st = self.state.lock();
         for a in addrs {
-            if a.port() == 0 || st.known.len() >= 1000 {
+            if a.port() == 0 {
                 continue;
+            }
+            if st.known.len() >= 1000 && !st.known.contains_key(&a) {
+                // Make room: forget addresses that keep failing.
+                st.known
+                    .retain(|_, k| k.connected || k.dialing || k.failures < 3);
+                if st.known.len() >= 1000 {
+                    continue;
+                }
             }
             st.known.entry(a).or_default();
         }
@@ -757,6 +774,7 @@ impl Session {
                     strikes: 0,
                     wasted: 0,
                     avoid: HashMap::new(),
+                    piece_maps: 0,
                 },
             );
             have
@@ -877,9 +895,25 @@ impl Session {
                 },
                 _ => false,
             };
+            // Messages that cannot change what we want from or give to this peer
+            // skip the interest, choke and pipeline updates below.
+            let changes_state = !matches!(
+                msg,
+                Message::KeepAlive
+                    | Message::Port(_)
+                    | Message::Suggest(_)
+                    | Message::AllowedFast(_)
+                    | Message::Unknown(_)
+                    | Message::Extended { .. }
+                    | Message::Request(_)
+                    | Message::Cancel(_)
+            );
             let Some(p) = st.peers.get_mut(&key) else {
                 return Err("gone".into());
             };
+            if p.writer.pending.load(Ordering::Relaxed) > MAX_PENDING_WRITES {
+                return Err("peer does not read what we send".into());
+            }
             match msg {
                 Message::KeepAlive
                 | Message::Port(_)
@@ -891,7 +925,11 @@ impl Session {
                 }
                 // BEP 3 wants the piece map first, but aria2 sends `have`s
                 // and then a bitfield; merging keeps us interoperable.
+                Message::Bitfield(_) | Message::HaveAll if p.piece_maps >= MAX_PIECE_MAPS => {
+                    return Err("keeps resending its piece map".into());
+                }
                 Message::Bitfield(bytes) => {
+                    p.piece_maps += 1;
                     let incoming = Bitfield::from_bytes(&bytes, n);
                     for i in incoming.ones() {
                         if p.has.set(i) {
@@ -903,6 +941,7 @@ impl Session {
                     }
                 }
                 Message::HaveAll => {
+                    p.piece_maps += 1;
                     for i in 0..n {
                         if p.has.set(i) {
                             picker.peer_has(i);
@@ -934,7 +973,11 @@ impl Session {
                         picker.release(key, &b);
                     }
                 }
-                Message::Unchoke => p.peer_choking = false,
+                Message::Unchoke => {
+                    p.peer_choking = false;
+                    // The snub clock starts now, not at our last block.
+                    p.last_block = Instant::now();
+                }
                 Message::Interested => p.peer_interested = true,
                 Message::NotInterested => p.peer_interested = false,
                 Message::Request(b) => {
@@ -1045,9 +1088,11 @@ impl Session {
                     return Err("both are seeds".into());
                 }
             }
-            self.update_interest(st, key);
-            self.maybe_unchoke(st, key);
-            self.refill(st, key);
+            if changes_state {
+                self.update_interest(st, key);
+                self.maybe_unchoke(st, key);
+                self.refill(st, key);
+            }
         }
         if let Some((piece, buf)) = verify {
             self.spawn_verify(piece, buf);
@@ -1123,6 +1168,10 @@ impl Session {
                 "nothing to request"
             );
             return;
+        }
+        if p.inflight.is_empty() {
+            // The snub clock measures waiting for requested data only.
+            p.last_block = Instant::now();
         }
         p.inflight.extend(out.iter().copied());
         p.send(Outgoing::Requests(out));
