@@ -8,5 +8,6 @@ mod interop;
 mod master;
 mod replica;
 mod search;
+mod strangers;
 mod torrents;
 mod tracker;

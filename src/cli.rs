@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::metainfo::{self, BuildOptions, InfoHash, Metainfo};
@@ -145,6 +146,26 @@ pub struct SeedArgs {
     /// Also connect to this peer directly (repeatable).
     #[arg(long = "peer", value_name = "HOST:PORT")]
     pub peers: Vec<String>,
+    #[command(flatten)]
+    pub limits: PeerLimits,
+}
+
+/// Connection limits of `seed` and `fetch` (the sidecars take the same
+/// names in their config).
+#[derive(Debug, Args)]
+pub struct PeerLimits {
+    /// Connections per torrent; when full, an idle peer is evicted for a newcomer.
+    #[arg(long, default_value_t = crate::swarm::DEFAULT_MAX_PEERS,
+          value_parser = clap::value_parser!(u32).range(1..=10_000).map(|v| v as usize))]
+    pub max_peers: usize,
+    /// Connections per remote IP address per torrent.
+    #[arg(long, default_value_t = crate::swarm::DEFAULT_MAX_PEERS_PER_IP,
+          value_parser = clap::value_parser!(u32).range(1..=10_000).map(|v| v as usize))]
+    pub max_peers_per_ip: usize,
+    /// Peer connections across every torrent of the process.
+    #[arg(long, default_value_t = crate::swarm::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..=100_000).map(|v| v as usize))]
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +190,12 @@ pub struct FetchArgs {
     /// Upload limit in bytes/s (0 = unlimited).
     #[arg(long, default_value = "0")]
     pub upload_limit: ByteSize,
+    /// Seconds without a verified piece before the download reports a
+    /// stall (with the reason) and re-announces and redials (0 = never).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub stall_secs: u64,
+    #[command(flatten)]
+    pub limits: PeerLimits,
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -244,11 +271,17 @@ async fn resolve_peers(peers: &[String]) -> Result<Vec<SocketAddr>> {
 }
 
 /// Starts the engine on `listen`, or on 0.0.0.0:6881 falling back to any free port.
-async fn start_engine(listen: Option<SocketAddr>, up: u64, down: u64) -> Result<Engine> {
+async fn start_engine(
+    listen: Option<SocketAddr>,
+    up: u64,
+    down: u64,
+    limits: &PeerLimits,
+) -> Result<Engine> {
     let cfg = |listen| EngineConfig {
         listen,
         upload_limit: up,
         download_limit: down,
+        max_connections: limits.max_connections,
     };
     match listen {
         Some(l) => Ok(Engine::start(cfg(l)).await?),
@@ -271,10 +304,12 @@ async fn seed(a: SeedArgs) -> Result<()> {
         bail!("{} does not exist: nothing to seed", root.display());
     }
     let peers = resolve_peers(&a.peers).await?;
-    let engine = start_engine(a.listen, a.upload_limit.0, 0).await?;
+    let engine = start_engine(a.listen, a.upload_limit.0, 0, &a.limits).await?;
     let meta = Arc::new(meta);
     let opts = SessionOptions {
         peers,
+        max_peers: a.limits.max_peers,
+        max_peers_per_ip: a.limits.max_peers_per_ip,
         require_complete: true,
         mode: Mode::ReadOnly,
         ..SessionOptions::default()
@@ -320,17 +355,20 @@ async fn fetch(a: FetchArgs) -> Result<()> {
     if peers.is_empty() && !meta.announce.iter().any(|u| u.starts_with("http")) {
         bail!("the torrent names no HTTP tracker; give peers with --peer HOST:PORT");
     }
-    let engine = start_engine(a.listen, a.upload_limit.0, a.download_limit.0).await?;
+    let engine = start_engine(a.listen, a.upload_limit.0, a.download_limit.0, &a.limits).await?;
     let meta = Arc::new(meta);
     let opts = SessionOptions {
         peers,
+        max_peers: a.limits.max_peers,
+        max_peers_per_ip: a.limits.max_peers_per_ip,
+        stall_after: (a.stall_secs > 0).then(|| Duration::from_secs(a.stall_secs)),
         ..SessionOptions::default()
     };
     let session = engine.add(meta.clone(), a.dir.clone(), opts)?;
     let started = std::time::Instant::now();
     let display = FetchDisplay::start(session.progress());
     let outcome = tokio::select! {
-        r = session.wait_complete() => r.map_err(anyhow::Error::msg),
+        r = session.wait_complete() => r.map_err(anyhow::Error::from),
         _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted")),
     };
     display.finish().await;
@@ -408,7 +446,10 @@ impl FetchDisplay {
                 let p = rx.borrow_and_update().clone();
                 if let Some(b) = &bar {
                     b.set_position(p.bytes_have);
-                    b.set_message(format!("{} peers", p.peers));
+                    b.set_message(match &p.stalled {
+                        Some(why) => format!("stalled: {why}"),
+                        None => format!("{} peers", p.peers),
+                    });
                 } else if last_log.elapsed() >= Duration::from_secs(5) {
                     last_log = std::time::Instant::now();
                     tracing::info!(

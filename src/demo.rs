@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{MasterConfig, ReplicaConfig, SwapMode};
 use crate::master::Master;
 use crate::replica::Replica;
 use crate::units::human_bytes;
@@ -247,23 +246,21 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let staging = root.join("master/staging");
     let http_port = free_port()?;
     let public_url = format!("http://127.0.0.1:{http_port}");
-    let mcfg = MasterConfig {
-        snapshots_dir: snapshots.clone(),
-        state_dir: root.join("master/state"),
-        http_listen: ([127, 0, 0, 1], http_port).into(),
-        peer_listen: ([127, 0, 0, 1], 0).into(),
-        public_url: public_url.clone(),
-        settle: Duration::from_secs(3600), // the demo publishes explicitly, with POST /snapshot
-        marker_file: None,
-        keep_versions: 3,
-        delete_old_snapshots: false,
-        upload_limit: 0,
-        api_token: None,
-        piece_length: None,
-        align_files: true,
-        rescan: Duration::from_secs(3600),
-        announce_interval: Duration::from_secs(5),
-    };
+    // Built through the same validation as the command line, so every
+    // setting not named here takes its documented default.
+    let mcfg = crate::config::RawMaster {
+        snapshots_dir: Some(snapshots.clone()),
+        state_dir: Some(root.join("master/state")),
+        http_listen: Some(format!("127.0.0.1:{http_port}")),
+        peer_listen: Some("127.0.0.1:0".into()),
+        public_url: Some(public_url.clone()),
+        // The demo publishes explicitly, with POST /snapshot.
+        settle_secs: Some(3600),
+        rescan_secs: Some(3600),
+        announce_interval_secs: Some(5),
+        ..Default::default()
+    }
+    .validate()?;
     let shutdown = CancellationToken::new();
     // Replicas stop first so their `stopped` announces still reach the master.
     let replicas_shutdown = CancellationToken::new();
@@ -280,19 +277,16 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
 
     let mut nodes = Vec::new();
     for i in 1..=opts.replicas {
-        let cfg = ReplicaConfig {
-            master_url: public_url.clone(),
-            data_dir: root.join(format!("replica-{i}")),
-            http_listen: ([127, 0, 0, 1], free_port()?).into(),
-            peer_listen: ([127, 0, 0, 1], 0).into(),
-            poll_interval: Duration::from_secs(1),
-            keep_versions: 2,
-            mode: SwapMode::Symlink,
-            on_swap: None,
-            download_limit: 0,
-            upload_limit: 0,
-            seed_old: Duration::from_secs(60),
-        };
+        let cfg = crate::config::RawReplica {
+            master_url: Some(public_url.clone()),
+            data_dir: Some(root.join(format!("replica-{i}"))),
+            http_listen: Some(format!("127.0.0.1:{}", free_port()?)),
+            peer_listen: Some("127.0.0.1:0".into()),
+            poll_interval_secs: Some(1),
+            seed_old_secs: Some(60),
+            ..Default::default()
+        }
+        .validate()?;
         let replica = Replica::start(cfg.clone())
             .await
             .with_context(|| format!("starting replica {i}"))?;

@@ -56,6 +56,15 @@ pub struct RawMaster {
     /// Announce interval the tracker asks of replicas, seconds [default: 30].
     #[arg(long, env = "INDEXSWARM_MASTER_ANNOUNCE_INTERVAL_SECS")]
     pub announce_interval_secs: Option<u64>,
+    /// Peer connections per version; when full an idle peer is evicted [default: 60].
+    #[arg(long, env = "INDEXSWARM_MASTER_MAX_PEERS")]
+    pub max_peers: Option<usize>,
+    /// Peer connections per remote IP per version [default: 16].
+    #[arg(long, env = "INDEXSWARM_MASTER_MAX_PEERS_PER_IP")]
+    pub max_peers_per_ip: Option<usize>,
+    /// Peer connections in total, across versions [default: 500].
+    #[arg(long, env = "INDEXSWARM_MASTER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 impl RawMaster {
@@ -77,6 +86,9 @@ impl RawMaster {
             align_files: pick(self.align_files, other.align_files),
             rescan_secs: pick(self.rescan_secs, other.rescan_secs),
             announce_interval_secs: pick(self.announce_interval_secs, other.announce_interval_secs),
+            max_peers: pick(self.max_peers, other.max_peers),
+            max_peers_per_ip: pick(self.max_peers_per_ip, other.max_peers_per_ip),
+            max_connections: pick(self.max_connections, other.max_connections),
         }
     }
 
@@ -143,10 +155,17 @@ impl RawMaster {
         if interval == 0 {
             errors.push("announce_interval_secs must be at least 1".into());
         }
+        let limits = super::peer_limits(
+            self.max_peers,
+            self.max_peers_per_ip,
+            self.max_connections,
+            &mut errors,
+        );
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
         }
         Ok(MasterConfig {
+            limits,
             snapshots_dir,
             state_dir,
             http_listen,
@@ -199,6 +218,7 @@ pub struct MasterConfig {
     pub align_files: bool,
     pub rescan: Duration,
     pub announce_interval: Duration,
+    pub limits: super::PeerLimits,
 }
 
 #[cfg(test)]

@@ -69,6 +69,51 @@ pub(crate) fn addr(name: &str, v: &str, errors: &mut Vec<String>) -> std::net::S
     }
 }
 
+/// Connection limits of a sidecar's engine (`max_peers`,
+/// `max_peers_per_ip`, `max_connections`; defaults in `swarm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLimits {
+    pub max_peers: usize,
+    pub max_peers_per_ip: usize,
+    pub max_connections: usize,
+}
+
+/// Validates the connection limits, collecting errors.
+pub(crate) fn peer_limits(
+    max_peers: Option<usize>,
+    per_ip: Option<usize>,
+    max_connections: Option<usize>,
+    errors: &mut Vec<String>,
+) -> PeerLimits {
+    let mut check = |name: &str, v: Option<usize>, default: usize, max: usize| {
+        let v = v.unwrap_or(default);
+        if v == 0 || v > max {
+            errors.push(format!("{name} = {v} must be between 1 and {max}"));
+        }
+        v.clamp(1, max)
+    };
+    PeerLimits {
+        max_peers: check(
+            "max_peers",
+            max_peers,
+            crate::swarm::DEFAULT_MAX_PEERS,
+            10_000,
+        ),
+        max_peers_per_ip: check(
+            "max_peers_per_ip",
+            per_ip,
+            crate::swarm::DEFAULT_MAX_PEERS_PER_IP,
+            10_000,
+        ),
+        max_connections: check(
+            "max_connections",
+            max_connections,
+            crate::swarm::DEFAULT_MAX_CONNECTIONS,
+            100_000,
+        ),
+    }
+}
+
 /// The host name replicas can use to reach this machine when a listen
 /// address is unspecified (0.0.0.0).
 pub(crate) fn local_host_name() -> String {

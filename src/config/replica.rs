@@ -65,6 +65,19 @@ pub struct RawReplica {
     /// Keep seeding a replaced version this many seconds [default: 300].
     #[arg(long, env = "INDEXSWARM_REPLICA_SEED_OLD_SECS")]
     pub seed_old_secs: Option<u64>,
+    /// A download with no verified piece for this long reports `stalled: <why>`
+    /// in /status and re-announces and redials [default: 60].
+    #[arg(long, env = "INDEXSWARM_REPLICA_STALL_SECS")]
+    pub stall_secs: Option<u64>,
+    /// Peer connections per version; when full an idle peer is evicted [default: 60].
+    #[arg(long, env = "INDEXSWARM_REPLICA_MAX_PEERS")]
+    pub max_peers: Option<usize>,
+    /// Peer connections per remote IP per version [default: 16].
+    #[arg(long, env = "INDEXSWARM_REPLICA_MAX_PEERS_PER_IP")]
+    pub max_peers_per_ip: Option<usize>,
+    /// Peer connections in total, across versions [default: 500].
+    #[arg(long, env = "INDEXSWARM_REPLICA_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     #[command(flatten)]
     #[serde(default)]
     pub solr: RawSolr,
@@ -84,6 +97,10 @@ impl RawReplica {
             download_limit: pick(self.download_limit, o.download_limit),
             upload_limit: pick(self.upload_limit, o.upload_limit),
             seed_old_secs: pick(self.seed_old_secs, o.seed_old_secs),
+            stall_secs: pick(self.stall_secs, o.stall_secs),
+            max_peers: pick(self.max_peers, o.max_peers),
+            max_peers_per_ip: pick(self.max_peers_per_ip, o.max_peers_per_ip),
+            max_connections: pick(self.max_connections, o.max_connections),
             solr: RawSolr {
                 core_data_dir: pick(self.solr.core_data_dir, o.solr.core_data_dir),
                 core_admin_url: pick(self.solr.core_admin_url, o.solr.core_admin_url),
@@ -161,10 +178,22 @@ impl RawReplica {
                 SwapMode::Symlink
             }
         };
+        let stall = self.stall_secs.unwrap_or(60);
+        if stall == 0 || stall > 86_400 {
+            errors.push(format!("stall_secs = {stall} must be between 1 and 86400"));
+        }
+        let limits = super::peer_limits(
+            self.max_peers,
+            self.max_peers_per_ip,
+            self.max_connections,
+            &mut errors,
+        );
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
         }
         Ok(ReplicaConfig {
+            stall: Duration::from_secs(stall),
+            limits,
             master_url,
             data_dir,
             http_listen,
@@ -207,6 +236,8 @@ pub struct ReplicaConfig {
     pub download_limit: u64,
     pub upload_limit: u64,
     pub seed_old: Duration,
+    pub stall: Duration,
+    pub limits: super::PeerLimits,
 }
 
 #[cfg(test)]

@@ -105,6 +105,7 @@ impl Master {
             listen: cfg.peer_listen,
             upload_limit: cfg.upload_limit,
             download_limit: 0,
+            max_connections: cfg.limits.max_connections,
         })
         .await?;
         let port = engine.local_addr().port();

@@ -27,8 +27,10 @@ pub enum PublishError {
     Failed(String),
 }
 
-fn seed_options() -> SessionOptions {
+fn seed_options(limits: &crate::config::PeerLimits) -> SessionOptions {
     SessionOptions {
+        max_peers: limits.max_peers,
+        max_peers_per_ip: limits.max_peers_per_ip,
         // The tracker lists the master itself (a static seed): no announces.
         announce: Some(Vec::new()),
         mode: Mode::ReadOnly,
@@ -165,13 +167,13 @@ impl Master {
         }
         let opts = SessionOptions {
             check,
-            ..seed_options()
+            ..seed_options(&self.cfg.limits)
         };
         let session = self
             .engine
             .add(meta, self.cfg.snapshots_dir.clone(), opts)
             .map_err(|e| e.to_string())?;
-        session.wait_checked().await
+        session.wait_checked().await.map_err(|e| e.to_string())
     }
 
     async fn stop_seeding(&self, rec: &VersionRecord) {

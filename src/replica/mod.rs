@@ -107,6 +107,7 @@ impl Replica {
             listen: cfg.peer_listen,
             upload_limit: cfg.upload_limit,
             download_limit: cfg.download_limit,
+            max_connections: cfg.limits.max_connections,
         })
         .await?;
         let http = engine.http().clone();
@@ -194,6 +195,8 @@ impl Replica {
             return;
         }
         let opts = SessionOptions {
+            max_peers: self.cfg.limits.max_peers,
+            max_peers_per_ip: self.cfg.limits.max_peers_per_ip,
             check: Check::AssumeComplete,
             content_dir: Some(l.dir.clone()),
             mode: crate::storage::Mode::ReadOnly,
@@ -487,6 +490,9 @@ impl Replica {
             old.stop().await;
         }
         let opts = SessionOptions {
+            max_peers: self.cfg.limits.max_peers,
+            max_peers_per_ip: self.cfg.limits.max_peers_per_ip,
+            stall_after: Some(self.cfg.stall),
             content_dir: Some(staging.to_path_buf()),
             ..SessionOptions::default()
         };
@@ -516,6 +522,8 @@ impl Replica {
                 };
                 st.download_rate = p.download_rate;
                 st.peers = p.peers;
+                // A stall is reported while it lasts, then cleared.
+                st.last_error = p.stalled.as_ref().map(|why| format!("stalled: {why}"));
                 if p.complete {
                     break Ok(());
                 }

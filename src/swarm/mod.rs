@@ -7,11 +7,15 @@
 //! what to send through their writer channels. Disk work and hashing run on
 //! blocking threads, never on the async executor. Invariants: `STATE.md`.
 
+mod admission;
+mod bans;
 mod bitfield;
 mod choker;
 mod peer_task;
 mod picker;
 mod session;
+mod smartban;
+mod stall;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,7 +31,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 pub use bitfield::Bitfield;
-pub use session::{PeerStat, Progress, Session, SessionState};
+pub use session::{
+    PeerError, PeerStat, Progress, Session, SessionError, SessionFailure, SessionState,
+};
 
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::peer::connection::{accept_finish, accept_prefix, limiter, Limiter};
@@ -40,6 +46,8 @@ pub struct EngineConfig {
     /// Process-wide limits in bytes/s (0 = unlimited).
     pub upload_limit: u64,
     pub download_limit: u64,
+    /// Peer connections across every torrent of the process.
+    pub max_connections: usize,
 }
 
 impl Default for EngineConfig {
@@ -48,9 +56,21 @@ impl Default for EngineConfig {
             listen: "0.0.0.0:6881".parse().expect("valid literal"),
             upload_limit: 0,
             download_limit: 0,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
+
+/// Defaults of the connection limits (documented in `config/*.toml`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 500;
+pub const DEFAULT_MAX_PEERS: usize = 60;
+/// Per torrent. On loopback every peer shares 127.0.0.1: large loopback
+/// swarms need more; across hosts one or two per address is normal.
+pub const DEFAULT_MAX_PEERS_PER_IP: usize = 16;
+pub const DEFAULT_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Incoming connections still handshaking: a stranger opening sockets and
+/// saying nothing holds at most this many descriptors (10 s each).
+const MAX_HANDSHAKING: usize = 64;
 
 /// How a session learns what it already has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +97,11 @@ pub struct SessionOptions {
     /// Regular unchoke slots (one optimistic slot comes on top).
     pub upload_slots: usize,
     pub max_peers: usize,
+    /// Connections from one IP address (see [`DEFAULT_MAX_PEERS_PER_IP`]).
+    pub max_peers_per_ip: usize,
+    /// A download that verifies nothing this long reports a stall (with
+    /// the reason) and recovers; `None` never checks.
+    pub stall_after: Option<std::time::Duration>,
     /// Bytes of piece buffers in flight.
     pub memory_budget: u64,
     /// Keep the files directly in this directory instead of `parent/<name>`.
@@ -94,7 +119,9 @@ impl Default for SessionOptions {
             upload_limit: 0,
             download_limit: 0,
             upload_slots: 8,
-            max_peers: 60,
+            max_peers: DEFAULT_MAX_PEERS,
+            max_peers_per_ip: DEFAULT_MAX_PEERS_PER_IP,
+            stall_after: Some(DEFAULT_STALL),
             memory_budget: 24 << 20,
             content_dir: None,
         }
@@ -125,9 +152,22 @@ pub(crate) struct EngineInner {
     pub tasks: TaskTracker,
     pub hash_sem: Arc<Semaphore>,
     pub hash_threads: usize,
+    /// Peer connections registered in sessions, and the cap on them.
+    pub connections: std::sync::atomic::AtomicUsize,
+    pub max_connections: usize,
+    /// Permits for incoming connections that are still handshaking.
+    pub handshakes: Arc<Semaphore>,
     /// Payload moved by sessions that have since stopped, so totals survive them.
     pub retired_uploaded: std::sync::atomic::AtomicU64,
     pub retired_downloaded: std::sync::atomic::AtomicU64,
+}
+
+impl EngineInner {
+    /// Is there room for one more connection under `max_connections`?
+    pub(crate) fn has_room(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.connections.load(Relaxed) < self.max_connections
+    }
 }
 
 /// The process's BitTorrent engine. Clone freely.
@@ -177,6 +217,9 @@ impl Engine {
             tasks: TaskTracker::new(),
             hash_sem: Arc::new(Semaphore::new(cores)),
             hash_threads: cores,
+            connections: Default::default(),
+            max_connections: cfg.max_connections.max(1),
+            handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKING)),
             retired_uploaded: Default::default(),
             retired_downloaded: Default::default(),
         });
@@ -207,27 +250,7 @@ impl Engine {
             tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return,
                 r = listener.accept() => match r {
-                    Ok((mut stream, addr)) => {
-                        let e = self.clone();
-                        self.inner.tasks.spawn(async move {
-                            let (reserved, ih) = match accept_prefix(&mut stream).await {
-                                Ok(v) => v,
-                                Err(err) => { debug!(peer = %addr, "incoming handshake failed: {err}"); return; }
-                            };
-                            let session = e.inner.sessions.lock().get(&InfoHash(ih)).cloned();
-                            let Some(session) = session else {
-                                debug!(peer = %addr, info_hash = %hex::encode(ih), "incoming peer wants an unknown torrent");
-                                return;
-                            };
-                            if !session.accepting() {
-                                return;
-                            }
-                            match accept_finish(stream, addr, reserved, ih, e.inner.peer_id).await {
-                                Ok(conn) => session.start_peer(conn, None),
-                                Err(err) => debug!(peer = %addr, "incoming handshake failed: {err}"),
-                            }
-                        });
-                    }
+                    Ok((stream, addr)) => self.on_incoming(stream, addr),
                     Err(e) => {
                         // Out of descriptors and the like: back off instead of spinning.
                         warn!("accept failed: {e}");
@@ -236,6 +259,63 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// An incoming connection: handshake (bounded in number and time),
+    /// find its torrent, make room under the process-wide cap, hand it over.
+    fn on_incoming(&self, mut stream: tokio::net::TcpStream, addr: SocketAddr) {
+        let Ok(permit) = self.inner.handshakes.clone().try_acquire_owned() else {
+            debug!(peer = %addr, "too many connections handshaking; closed");
+            return;
+        };
+        let e = self.clone();
+        self.inner.tasks.spawn(async move {
+            let (reserved, ih) = match accept_prefix(&mut stream).await {
+                Ok(v) => v,
+                Err(err) => {
+                    debug!(peer = %addr, "incoming handshake failed: {err}");
+                    return;
+                }
+            };
+            let session = e.inner.sessions.lock().get(&InfoHash(ih)).cloned();
+            let Some(session) = session else {
+                debug!(peer = %addr, info_hash = %hex::encode(ih), "incoming peer wants an unknown torrent");
+                return;
+            };
+            if !session.accepting() || !e.make_room() {
+                return;
+            }
+            let r = accept_finish(stream, addr, reserved, ih, e.inner.peer_id).await;
+            drop(permit);
+            match r {
+                Ok(conn) => session.start_peer(conn, None),
+                Err(err) => debug!(peer = %addr, "incoming handshake failed: {err}"),
+            }
+        });
+    }
+
+    /// At the process-wide cap, closes the least useful evictable
+    /// connection of any torrent. False when nothing can go.
+    fn make_room(&self) -> bool {
+        if self.inner.has_room() {
+            return true;
+        }
+        let sessions = self.sessions();
+        let candidates: Vec<_> = sessions
+            .iter()
+            .filter_map(|s| s.eviction_candidate().map(|(v, _)| (s, v)))
+            .collect();
+        // Each candidate is its torrent's least useful evictable peer.
+        let Some((session, v)) = candidates.iter().min_by_key(|(_, v)| v.usefulness()) else {
+            debug!(
+                max = self.inner.max_connections,
+                "connection refused: max_connections reached"
+            );
+            return false;
+        };
+        debug!(peer_ip = %v.ip, "evicting an idle peer (max_connections)");
+        session.evict(v.key);
+        true
     }
 
     /// Starts a session for `meta` with data under `parent` (at `parent/<name>`).

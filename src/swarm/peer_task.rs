@@ -67,7 +67,7 @@ pub(crate) async fn run(
             }
         }
         if let Err(e) = session.on_message(key, msg) {
-            break e;
+            break e.to_string();
         }
     };
     session.remove_peer(key, &reason);

@@ -131,10 +131,6 @@ impl Picker {
         &self.have
     }
 
-    pub fn active_count(&self) -> usize {
-        self.active.len()
-    }
-
     pub fn is_complete(&self) -> bool {
         self.have.is_full()
     }
@@ -393,13 +389,15 @@ impl Picker {
         if a.verifying || block.begin % BLOCK_SIZE != 0 {
             return BlockOutcome::Unwanted;
         }
+        // Only a peer we asked may fill a block: an unrequested block is
+        // waste, whatever it holds (a stranger spraying garbage must never
+        // reach a piece, or its hash failure would be blamed on the peers
+        // that sent the honest blocks).
         let cancel = match a.blocks.get(idx) {
-            Some(Block::Received(_)) | None => return BlockOutcome::Unwanted,
-            Some(Block::Open) => {
-                a.open -= 1;
-                Vec::new()
+            Some(Block::Requested(by, _)) if by.contains(&peer) => {
+                by.iter().copied().filter(|&k| k != peer).collect()
             }
-            Some(Block::Requested(by, _)) => by.iter().copied().filter(|&k| k != peer).collect(),
+            _ => return BlockOutcome::Unwanted,
         };
         let end = block.begin as usize + data.len();
         if end > a.data.len() {
@@ -423,21 +421,20 @@ impl Picker {
             .unwrap_or_default()
     }
 
-    /// The verdict on a piece. Returns the peers whose blocks made it up.
-    pub fn verified(&mut self, piece: u32, ok: bool, mut buf: Vec<u8>) -> Vec<PeerKey> {
+    /// The verdict on a piece. Returns who sent each of its blocks, in
+    /// block order (`None` for padding), for the smart ban.
+    pub fn verified(&mut self, piece: u32, ok: bool, mut buf: Vec<u8>) -> Vec<Option<PeerKey>> {
         let Some(a) = self.active.get_mut(&piece) else {
             return Vec::new();
         };
-        let mut contributors: Vec<PeerKey> = a
+        let sources: Vec<Option<PeerKey>> = a
             .blocks
             .iter()
-            .filter_map(|b| match b {
+            .map(|b| match b {
                 Block::Received(k) if *k != 0 => Some(*k),
                 _ => None,
             })
             .collect();
-        contributors.sort_unstable();
-        contributors.dedup();
         if ok {
             self.active.remove(&piece);
             self.have.set(piece);
@@ -474,7 +471,16 @@ impl Picker {
                 }
             }
         }
-        contributors
+        sources
+    }
+
+    /// Is `block` requested from `peer`? (For the session's invariants.)
+    #[cfg(test)]
+    pub fn is_requested_by(&self, block: &BlockRef, peer: PeerKey) -> bool {
+        let idx = (block.begin / BLOCK_SIZE) as usize;
+        self.active.get(&block.piece).is_some_and(
+            |a| matches!(a.blocks.get(idx), Some(Block::Requested(by, _)) if by.contains(&peer)),
+        )
     }
 
     #[cfg(test)]
@@ -651,7 +657,11 @@ mod tests {
             BlockOutcome::Stored { complete: true, .. }
         ));
         let buf = p.take_data(a[0].piece);
-        assert_eq!(p.verified(a[0].piece, false, buf), vec![1, 3]);
+        assert_eq!(
+            p.verified(a[0].piece, false, buf),
+            vec![Some(1), Some(3)],
+            "who sent each block"
+        );
         // Refetched from one peer: once peer 1 owns it, peer 3 gets nothing of it.
         let mut a2 = Vec::new();
         p.pick(1, &seed, 0, 1, &mut a2);
@@ -678,6 +688,34 @@ mod tests {
         let mut b = Vec::new();
         p.pick(2, &seed, 0, 1, &mut b);
         assert_eq!(b, vec![a[1]]);
+    }
+
+    #[test]
+    fn a_block_nobody_asked_that_peer_for_is_unwanted() {
+        let (_t, m) = meta(&[32768], false);
+        let mut p = Picker::new(&m, Bitfield::new(1), 1 << 20);
+        let seed = Bitfield::full(1);
+        let mut a = Vec::new();
+        p.pick(1, &seed, 0, 1, &mut a);
+        assert_eq!(a.len(), 1);
+        let other = BlockRef {
+            begin: a[0].begin ^ BLOCK_SIZE,
+            ..a[0]
+        };
+        // Peer 2 was asked for nothing; peer 1 was not asked for `other`.
+        assert_eq!(p.on_block(2, &a[0], &[7; 16384]), BlockOutcome::Unwanted);
+        assert_eq!(p.on_block(1, &other, &[7; 16384]), BlockOutcome::Unwanted);
+        // The open block is still open and the requested one still requested.
+        let mut inflight = HashMap::new();
+        inflight.insert(1, a.clone());
+        p.check_invariants(&inflight);
+        assert!(matches!(
+            p.on_block(1, &a[0], &[0; 16384]),
+            BlockOutcome::Stored {
+                complete: false,
+                ..
+            }
+        ));
     }
 
     #[test]

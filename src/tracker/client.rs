@@ -108,6 +108,41 @@ impl AnnounceConfig {
 
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// Shared between an announce loop and its session: the session asks for
+/// an announce now (a stalled download), the loop reports its last failure
+/// (for the stall reason) or clears it after a success.
+#[derive(Debug, Default)]
+pub struct AnnounceSignals {
+    pub now: tokio::sync::Notify,
+    last_error: parking_lot::Mutex<Option<String>>,
+}
+
+impl AnnounceSignals {
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().clone()
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        *self.last_error.lock() = e;
+    }
+}
+
+/// An error and every cause under it, on one line (`reqwest` puts the
+/// useful part, "connection refused", in a source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = c.source();
+    }
+    out
+}
+
 /// Announces until `shutdown`, then sends `stopped` (bounded by a short timeout).
 /// Peers go to `peers_tx`; `stats` is read before every announce and a change
 /// of `left` to zero triggers the `completed` event.
@@ -117,6 +152,7 @@ pub async fn run_announce_loop(
     mut stats: watch::Receiver<TransferStats>,
     peers_tx: mpsc::Sender<Vec<SocketAddr>>,
     shutdown: CancellationToken,
+    signals: std::sync::Arc<AnnounceSignals>,
 ) {
     if cfg.urls.is_empty() {
         return;
@@ -139,6 +175,7 @@ pub async fn run_announce_loop(
             r = announce(&http, url, &req) => match r {
                 Ok(resp) => {
                     debug!(%url, peers = resp.peers.len(), ?event, "announced");
+                    signals.set_error(None);
                     announced_once = true;
                     event = Event::None;
                     backoff = Duration::from_secs(1);
@@ -149,7 +186,9 @@ pub async fn run_announce_loop(
                     resp.interval
                 }
                 Err(e) => {
-                    warn!(error = %e, retry_in = ?backoff, "announce failed");
+                    let chain = error_chain(&e);
+                    warn!(error = %chain, retry_in = ?backoff, "announce failed");
+                    signals.set_error(Some(chain));
                     url_index += 1;
                     let w = backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -164,6 +203,7 @@ pub async fn run_announce_loop(
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = &mut sleep => break,
+                _ = signals.now.notified() => break,
                 changed = stats.changed() => {
                     if changed.is_err() { break; }
                     if !was_complete && stats.borrow().left == 0 { break; }
