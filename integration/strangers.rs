@@ -175,17 +175,41 @@ fn unrequested_garbage_does_not_get_the_honest_seeder_banned() {
     assert_eq!(summary["hash_failures"], 0, "garbage reached a piece");
 }
 
-/// Holds `n` handshaken connections from `from`, each sending keep-alives,
-/// until `stop`. Returns how many are still open (the peer did not close
-/// them) through `open`.
-fn spawn_idlers(
-    meta: &Metainfo,
-    from: [u8; 4],
-    target: u16,
-    n: u32,
+/// Counters of a group of idle strangers.
+#[derive(Clone, Default)]
+struct Idlers {
     stop: Arc<AtomicBool>,
+    /// Connections that got an answer or were closed without one.
+    tried: Arc<AtomicU64>,
+    /// Connections whose handshake the peer answered.
+    shaken: Arc<AtomicU64>,
+    /// ... and that the peer has not closed (yet).
     open: Arc<AtomicU64>,
-) {
+}
+
+impl Idlers {
+    fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn tried(&self) -> u64 {
+        self.tried.load(Ordering::Relaxed)
+    }
+
+    fn shaken(&self) -> u64 {
+        self.shaken.load(Ordering::Relaxed)
+    }
+}
+
+/// Holds `n` handshaken connections from `from`, each sending keep-alives,
+/// until `idlers.stop`.
+fn spawn_idlers(meta: &Metainfo, from: [u8; 4], target: u16, n: u32, idlers: &Idlers) {
+    let Idlers {
+        stop,
+        tried,
+        shaken,
+        open,
+    } = idlers.clone();
     let ih = meta.info_hash.0;
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -197,11 +221,16 @@ fn spawn_idlers(
             for i in 0..n {
                 let stop = stop.clone();
                 let open = open.clone();
+                let shaken = shaken.clone();
+                let tried = tried.clone();
                 tasks.push(tokio::spawn(async move {
                     let id = stranger_id(1000 + i + ((from[3] as u32) << 16));
-                    let Some(mut s) = handshake(from, target, ih, id).await else {
+                    let shook = handshake(from, target, ih, id).await;
+                    tried.fetch_add(1, Ordering::Relaxed);
+                    let Some(mut s) = shook else {
                         return;
                     };
+                    shaken.fetch_add(1, Ordering::Relaxed);
                     open.fetch_add(1, Ordering::Relaxed);
                     let mut buf = vec![0u8; 64 * 1024];
                     let mut last_ka = Instant::now() - Duration::from_secs(10);
@@ -238,28 +267,20 @@ fn spawn_idlers(
 fn idle_strangers_cannot_hold_every_slot_of_a_seeder() {
     let (d, t, meta) = setup("slots", 3_000_000);
     let (seed, seed_port) = start_seed(d.path(), &t, &["--upload-limit", "4M"]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let open = Arc::new(AtomicU64::new(0));
+    let idlers = Idlers::default();
     // Sixty strangers, spread over four addresses so the per-address cap
     // alone cannot turn them all away: eviction has to do the rest.
     for last in 2..6u8 {
-        spawn_idlers(
-            &meta,
-            [127, 0, 0, last],
-            seed_port,
-            15,
-            stop.clone(),
-            open.clone(),
-        );
+        spawn_idlers(&meta, [127, 0, 0, last], seed_port, 15, &idlers);
     }
     wait_until(Duration::from_secs(30), "the strangers connected", || {
-        open.load(Ordering::Relaxed) >= 40
+        idlers.open() >= 40
     });
     let started = Instant::now();
     let mut f = start_fetch(d.path(), &t, free_port(), &[seed_port], "dst");
     let status = f.wait(Duration::from_secs(60));
     let took = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
+    idlers.stop.store(true, Ordering::Relaxed);
     assert!(
         status.success(),
         "fetch failed beside 60 idle strangers:\n{}\nseeder:\n{}",
@@ -278,30 +299,41 @@ fn idle_strangers_cannot_hold_every_slot_of_a_seeder() {
 fn one_address_is_capped_at_max_peers_per_ip() {
     let (d, t, meta) = setup("per-ip", 1_000_000);
     let (seed, seed_port) = start_seed(d.path(), &t, &["--max-peers-per-ip", "3"]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let open = Arc::new(AtomicU64::new(0));
-    spawn_idlers(
-        &meta,
-        [127, 0, 0, 7],
-        seed_port,
-        10,
-        stop.clone(),
-        open.clone(),
-    );
-    // Connections beyond the cap are closed within a moment of their handshake.
+    let idlers = Idlers::default();
+    spawn_idlers(&meta, [127, 0, 0, 7], seed_port, 10, &idlers);
+    // All ten get a handshake; those beyond the cap are closed right after.
     wait_until(
         Duration::from_secs(30),
-        "connections beyond the cap to be closed",
-        || open.load(Ordering::Relaxed) == 3,
+        "ten handshakes, three connections left",
+        || idlers.shaken() == 10 && idlers.open() == 3,
     );
-    // ...and stay at the cap (eviction never takes a slot from the same
-    // address for a newcomer from that address while the others are young).
+    // No young connection is evicted for another from the same address.
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        open.load(Ordering::Relaxed),
-        3,
-        "{}",
-        tail(&seed.stderr_text())
+    assert_eq!(idlers.open(), 3, "{}", tail(&seed.stderr_text()));
+    idlers.stop.store(true, Ordering::Relaxed);
+}
+
+/// Finding 2: `max_connections` caps peer connections across the process,
+/// whatever the per-torrent and per-address limits allow.
+#[test]
+fn the_process_wide_cap_holds_across_addresses() {
+    let (d, t, meta) = setup("max-conn", 1_000_000);
+    let (seed, seed_port) = start_seed(
+        d.path(),
+        &t,
+        &["--max-connections", "4", "--max-peers", "100"],
     );
-    stop.store(true, Ordering::Relaxed);
+    let idlers = Idlers::default();
+    for last in 20..23u8 {
+        spawn_idlers(&meta, [127, 0, 0, last], seed_port, 3, &idlers);
+    }
+    // Beyond the cap a connection is closed before our handshake answer.
+    wait_until(
+        Duration::from_secs(30),
+        "nine attempts, four connections left",
+        || idlers.tried() == 9 && idlers.open() == 4,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(idlers.open(), 4, "{}", tail(&seed.stderr_text()));
+    idlers.stop.store(true, Ordering::Relaxed);
 }

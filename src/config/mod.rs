@@ -123,3 +123,45 @@ pub(crate) fn local_host_name() -> String {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "127.0.0.1".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Args as _;
+
+    /// Every flag of a section, as its config key (`--stall-secs` → `stall_secs`).
+    fn keys(cmd: clap::Command) -> Vec<String> {
+        cmd.get_arguments()
+            .filter_map(|a| a.get_long())
+            .map(|l| l.replace('-', "_"))
+            .collect()
+    }
+
+    fn documents(file: &str, key: &str) -> bool {
+        let text =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+                .unwrap();
+        text.lines().any(|l| {
+            let l = l.trim_start_matches('#').trim_start();
+            l.starts_with(&format!("{key} ="))
+        })
+    }
+
+    /// The annotated examples in `config/` document every setting there is.
+    #[test]
+    fn example_configs_document_every_key() {
+        for key in keys(super::RawMaster::augment_args(clap::Command::new("m"))) {
+            assert!(
+                documents("config/master.toml", &key),
+                "config/master.toml lacks {key}"
+            );
+        }
+        for key in keys(super::RawReplica::augment_args(clap::Command::new("r"))) {
+            // [replica.solr] keys are flags named --solr-<key>.
+            let key = key.strip_prefix("solr_").unwrap_or(&key).to_string();
+            assert!(
+                documents("config/replica.toml", &key),
+                "config/replica.toml lacks {key}"
+            );
+        }
+    }
+}
