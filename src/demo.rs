@@ -123,6 +123,11 @@ pub struct DemoOptions {
     pub dir: Option<PathBuf>,
 }
 
+/// The demo runs every node in one process on one machine: more replicas
+/// than this, or a bigger index, is a typo rather than a demonstration.
+const MAX_DEMO_REPLICAS: usize = 32;
+const MAX_DEMO_SIZE: u64 = 64 << 30;
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -220,8 +225,13 @@ async fn post_snapshot(http: &reqwest::Client, base: &str, name: &str) -> Result
 
 /// Runs the demo; returns an error (exit 1) if any replica failed.
 pub async fn run(opts: DemoOptions) -> Result<()> {
-    if opts.replicas == 0 {
-        bail!("--replicas must be at least 1");
+    if !(1..=MAX_DEMO_REPLICAS).contains(&opts.replicas) || opts.size.0 > MAX_DEMO_SIZE {
+        bail!(
+            "--replicas must be from 1 to {MAX_DEMO_REPLICAS} and --size at most {} (got {} and {})",
+            crate::units::ByteSize(MAX_DEMO_SIZE),
+            opts.replicas,
+            opts.size
+        );
     }
     let tmp;
     let root = match &opts.dir {
@@ -263,6 +273,8 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         align_files: true,
         rescan: Duration::from_secs(3600),
         announce_interval: Duration::from_secs(5),
+        // The demo lasts seconds and measures transfers: no re-verification.
+        verify_rate: 0,
     };
     let shutdown = CancellationToken::new();
     // Replicas stop first so their `stopped` announces still reach the master.

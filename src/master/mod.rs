@@ -95,6 +95,16 @@ fn url_host(url: &str) -> Option<String> {
     (!host.is_empty()).then_some(host)
 }
 
+/// A timer period from a setting, kept within 1 s – 1 day: `MasterConfig`
+/// can be built without validation (the demo, tests), and tokio's interval
+/// panics on a period that overflows the clock.
+fn timer_period(d: Duration) -> Duration {
+    d.clamp(
+        Duration::from_secs(1),
+        Duration::from_secs(crate::config::MAX_SECS),
+    )
+}
+
 impl Master {
     /// Opens the state, binds the peer port and restores published versions.
     pub async fn start(cfg: MasterConfig) -> Result<Arc<Master>, MasterError> {
@@ -290,11 +300,7 @@ impl Master {
             }
         };
         tokio::spawn(self.tracker.clone().run_sweeper(shutdown.clone()));
-        let mut rescan = tokio::time::interval(
-            self.cfg
-                .rescan
-                .min(self.cfg.settle.max(Duration::from_secs(1))),
-        );
+        let mut rescan = tokio::time::interval(timer_period(self.cfg.rescan.min(self.cfg.settle)));
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut integrity = tokio::time::interval(Duration::from_secs(10));
         integrity.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
