@@ -40,6 +40,9 @@ use crate::storage::{Mode, Storage, StorageError};
 /// within 50 ms of traffic (plus one piece).
 const SLACK: Duration = Duration::from_millis(50);
 
+/// Wait before another pass when a version could not be read.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+
 /// Paces reads to `rate` bytes/s: each read is admitted no earlier than the
 /// time at which the bytes admitted before it have been "paid for".
 #[derive(Debug)]
@@ -175,6 +178,7 @@ impl Master {
                 }
                 continue;
             }
+            let mut skipped = false;
             for rec in &published {
                 let mut pacing = Pacing {
                     throttle: &mut throttle,
@@ -184,13 +188,23 @@ impl Master {
                 };
                 match self.verify_version(rec, &mut pacing).await {
                     Visit::Shutdown => return,
+                    Visit::Skipped => skipped = true,
                     v => debug!(version = rec.version, outcome = ?v, "re-verified"),
                 }
+            }
+            self.verify.lock().version = None;
+            if skipped {
+                // Something could not be read: not a full pass, and no
+                // point in spinning on it. Look again later.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY_AFTER) => {}
+                }
+                continue;
             }
             let mut st = self.verify.lock();
             st.passes += 1;
             st.last_full_pass_at = Some(now_rfc3339());
-            st.version = None;
             self.metrics.verify_passes.inc();
         }
     }
