@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 pub use publisher::PublishError;
 use registry::{Registry, VersionRecord};
-pub use verifier::{Throttle, VerifyStatus};
+pub use verifier::VerifyStatus;
 use watcher::{list_dirs, Observation, Settler};
 
 use crate::config::MasterConfig;
