@@ -2,6 +2,7 @@
 //! peers (aria2, python3-libtorrent, opentracker, mktorrent) on loopback.
 //! `.ci/run` installs the reference tools; a missing tool fails its test.
 
+mod bounds;
 mod common;
 mod hostile;
 mod interop;

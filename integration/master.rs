@@ -15,6 +15,8 @@ use serde_json::Value;
 
 use crate::common::*;
 
+mod verify;
+
 /// Startup (the binary, a bound port, a restored registry).
 const START: Duration = Duration::from_secs(30);
 /// A few MB settling and being hashed on a busy 2-core machine.
@@ -852,6 +854,7 @@ fn example_config_file_is_valid_and_lists_every_key() {
         "align_files",
         "rescan_secs",
         "announce_interval_secs",
+        "verify_rate",
     ] {
         assert!(
             text.lines().any(|l| {

@@ -295,7 +295,22 @@ async fn start_engine(
     }
 }
 
+/// Refuses rates the limiters cannot honour, naming every bad flag at once.
+fn check_rates(rates: &[(&str, ByteSize)]) -> Result<()> {
+    let max = ByteSize(crate::config::MAX_RATE);
+    let bad: Vec<String> = rates
+        .iter()
+        .filter(|(_, r)| *r > max)
+        .map(|(flag, r)| format!("{flag} {r} is above the largest rate, {max} per second"))
+        .collect();
+    if !bad.is_empty() {
+        bail!("{}", bad.join("; "));
+    }
+    Ok(())
+}
+
 async fn seed(a: SeedArgs) -> Result<()> {
+    check_rates(&[("--upload-limit", a.upload_limit)])?;
     let shutdown = crate::shutdown::on_signal();
     let http = reqwest::Client::new();
     let (_, meta) = crate::source::load_torrent(&http, &a.torrent).await?;
@@ -346,6 +361,10 @@ async fn seed(a: SeedArgs) -> Result<()> {
 }
 
 async fn fetch(a: FetchArgs) -> Result<()> {
+    check_rates(&[
+        ("--download-limit", a.download_limit),
+        ("--upload-limit", a.upload_limit),
+    ])?;
     let shutdown = crate::shutdown::on_signal();
     let http = reqwest::Client::new();
     let (_, meta) = crate::source::load_torrent(&http, &a.torrent).await?;
@@ -668,8 +687,12 @@ fn read_whitelist(path: &std::path::Path) -> Result<Vec<InfoHash>> {
 }
 
 async fn tracker(a: TrackerArgs) -> Result<()> {
-    if a.interval == 0 {
-        bail!("--interval must be at least 1 second");
+    let max = crate::config::MAX_SECS;
+    if !(1..=max).contains(&a.interval) {
+        bail!(
+            "--interval {} must be from 1 to {max} seconds (one day)",
+            a.interval
+        );
     }
     let cfg = TrackerConfig {
         whitelist_only: a.whitelist.is_some(),

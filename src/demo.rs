@@ -122,6 +122,11 @@ pub struct DemoOptions {
     pub dir: Option<PathBuf>,
 }
 
+/// The demo runs every node in one process on one machine: more replicas
+/// than this, or a bigger index, is a typo rather than a demonstration.
+const MAX_DEMO_REPLICAS: usize = 32;
+const MAX_DEMO_SIZE: u64 = 64 << 30;
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -219,8 +224,13 @@ async fn post_snapshot(http: &reqwest::Client, base: &str, name: &str) -> Result
 
 /// Runs the demo; returns an error (exit 1) if any replica failed.
 pub async fn run(opts: DemoOptions) -> Result<()> {
-    if opts.replicas == 0 {
-        bail!("--replicas must be at least 1");
+    if !(1..=MAX_DEMO_REPLICAS).contains(&opts.replicas) || opts.size.0 > MAX_DEMO_SIZE {
+        bail!(
+            "--replicas must be from 1 to {MAX_DEMO_REPLICAS} and --size at most {} (got {} and {})",
+            crate::units::ByteSize(MAX_DEMO_SIZE),
+            opts.replicas,
+            opts.size
+        );
     }
     let tmp;
     let root = match &opts.dir {
@@ -258,6 +268,8 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         settle_secs: Some(3600),
         rescan_secs: Some(3600),
         announce_interval_secs: Some(5),
+        // The demo lasts seconds and measures transfers: no re-verification.
+        verify_rate: Some(crate::units::ByteSize(0)),
         ..Default::default()
     }
     .validate()?;

@@ -11,6 +11,9 @@ mod master;
 mod replica;
 
 use std::path::Path;
+use std::time::Duration;
+
+use crate::units::ByteSize;
 
 pub use master::{MasterConfig, RawMaster};
 pub use replica::{RawReplica, ReplicaConfig, SolrConfig, SwapMode};
@@ -49,6 +52,50 @@ impl ConfigFile {
             message: e.to_string().replace('\n', " "),
         })
     }
+}
+
+/// Longest wait any `*_secs` setting accepts: one day. Nothing in a
+/// replication fleet needs to wait longer, and every time computed from a
+/// setting (`now + interval`, `interval × 2`, a timestamp for `/status`)
+/// then stays far from overflowing.
+pub const MAX_SECS: u64 = 24 * 3600;
+
+/// Highest rate a limit accepts, in bytes/s: 2 GiB/s (17 Gbit/s). The token
+/// buckets count in 32 bits, so much more could not be honoured; `0` means
+/// unlimited for the transfer limits.
+pub const MAX_RATE: u64 = 2 << 30;
+
+/// A `*_secs` setting: `default` when unset, an error unless within
+/// `min..=MAX_SECS`.
+pub(crate) fn secs(
+    name: &str,
+    v: Option<u64>,
+    default: u64,
+    min: u64,
+    errors: &mut Vec<String>,
+) -> Duration {
+    let v = v.unwrap_or(default);
+    if !(min..=MAX_SECS).contains(&v) {
+        errors.push(format!(
+            "{name} = {v} must be from {min} to {MAX_SECS} (one day)"
+        ));
+        return Duration::from_secs(default);
+    }
+    Duration::from_secs(v)
+}
+
+/// A rate setting in bytes/s: `default` when unset, an error above `MAX_RATE`.
+pub(crate) fn rate(name: &str, v: Option<ByteSize>, default: u64, errors: &mut Vec<String>) -> u64 {
+    let v = v.map_or(default, |b| b.0);
+    if v > MAX_RATE {
+        errors.push(format!(
+            "{name} = {} is above the largest rate, {} per second",
+            ByteSize(v),
+            ByteSize(MAX_RATE)
+        ));
+        return default;
+    }
+    v
 }
 
 /// `Some(b)` wins over `a`: the overlay rule for every setting.
@@ -126,7 +173,113 @@ pub(crate) fn local_host_name() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use clap::Args as _;
+
+    const MAX: u64 = u64::MAX;
+
+    fn master(f: impl FnOnce(&mut RawMaster)) -> Result<MasterConfig, ConfigError> {
+        let mut raw = RawMaster {
+            snapshots_dir: Some("/snap".into()),
+            ..Default::default()
+        };
+        f(&mut raw);
+        raw.validate()
+    }
+
+    fn replica(f: impl FnOnce(&mut RawReplica)) -> Result<ReplicaConfig, ConfigError> {
+        let mut raw = RawReplica {
+            master_url: Some("http://m:7070".into()),
+            data_dir: Some("/d".into()),
+            ..Default::default()
+        };
+        f(&mut raw);
+        raw.validate()
+    }
+
+    /// Checks one setting at a value: `Ok` or an error naming the setting.
+    fn check<T>(name: &str, r: Result<T, ConfigError>, ok: bool) {
+        match (r, ok) {
+            (Ok(_), true) => {}
+            (Err(ConfigError::Invalid(errs)), false) => {
+                assert_eq!(errs.len(), 1, "{name}: {errs:?}");
+                assert!(errs[0].starts_with(name), "{name}: {errs:?}");
+            }
+            (Ok(_), false) => panic!("{name} should be refused"),
+            (Err(e), _) => panic!("{name}: unexpected {e}"),
+        }
+    }
+
+    #[test]
+    fn every_duration_and_rate_has_bounds() {
+        let day = MAX_SECS;
+        let secs: &[(&str, u64, bool)] = &[
+            ("settle_secs", 0, true),
+            ("settle_secs", day, true),
+            ("settle_secs", day + 1, false),
+            ("settle_secs", MAX, false),
+            ("rescan_secs", day, true),
+            ("rescan_secs", 1_000_000_000_000, false),
+            ("announce_interval_secs", 0, false),
+            ("announce_interval_secs", day, true),
+            ("announce_interval_secs", MAX, false),
+            ("poll_interval_secs", 0, false),
+            ("poll_interval_secs", day, true),
+            ("poll_interval_secs", 1_000_000_000_000, false),
+            ("seed_old_secs", 0, true),
+            ("seed_old_secs", MAX, false),
+        ];
+        for &(name, v, ok) in secs {
+            match name {
+                "settle_secs" => check(name, master(|r| r.settle_secs = Some(v)), ok),
+                "rescan_secs" => check(name, master(|r| r.rescan_secs = Some(v)), ok),
+                "announce_interval_secs" => {
+                    check(name, master(|r| r.announce_interval_secs = Some(v)), ok)
+                }
+                "poll_interval_secs" => {
+                    check(name, replica(|r| r.poll_interval_secs = Some(v)), ok)
+                }
+                "seed_old_secs" => check(name, replica(|r| r.seed_old_secs = Some(v)), ok),
+                _ => unreachable!(),
+            }
+        }
+        for (v, ok) in [
+            (0, true),
+            (MAX_RATE, true),
+            (MAX_RATE + 1, false),
+            (MAX, false),
+        ] {
+            let b = Some(ByteSize(v));
+            check("upload_limit", master(|r| r.upload_limit = b), ok);
+            check("verify_rate", master(|r| r.verify_rate = b), ok);
+            check("upload_limit", replica(|r| r.upload_limit = b), ok);
+            check("download_limit", replica(|r| r.download_limit = b), ok);
+        }
+    }
+
+    #[test]
+    fn bad_bounds_are_reported_together() {
+        let err = master(|r| {
+            r.settle_secs = Some(MAX);
+            r.announce_interval_secs = Some(MAX);
+            r.verify_rate = Some(ByteSize(MAX));
+        })
+        .unwrap_err()
+        .to_string();
+        for name in ["settle_secs", "announce_interval_secs", "verify_rate"] {
+            assert!(err.contains(name), "{err}");
+        }
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn verify_rate_defaults_and_zero_turns_it_off() {
+        assert_eq!(master(|_| {}).unwrap().verify_rate, 32 << 20);
+        let c = master(|r| r.verify_rate = Some("0".parse().unwrap())).unwrap();
+        assert_eq!(c.verify_rate, 0);
+        let c = master(|r| r.verify_rate = Some("10M".parse().unwrap())).unwrap();
+        assert_eq!(c.verify_rate, 10 << 20);
+    }
 
     /// Every flag of a section, as its config key (`--stall-secs` → `stall_secs`).
     fn keys(cmd: clap::Command) -> Vec<String> {

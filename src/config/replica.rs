@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{addr, pick, ConfigError};
+use super::{addr, pick, rate, secs, ConfigError};
 use crate::units::ByteSize;
 
 /// `[replica.solr]`, for `mode = "solr"`.
@@ -143,10 +143,16 @@ impl RawReplica {
             self.peer_listen.as_deref().unwrap_or("0.0.0.0:6882"),
             &mut errors,
         );
-        let poll = self.poll_interval_secs.unwrap_or(10);
-        if poll == 0 {
-            errors.push("poll_interval_secs must be at least 1".into());
-        }
+        let poll_interval = secs(
+            "poll_interval_secs",
+            self.poll_interval_secs,
+            10,
+            1,
+            &mut errors,
+        );
+        let seed_old = secs("seed_old_secs", self.seed_old_secs, 300, 0, &mut errors);
+        let download_limit = rate("download_limit", self.download_limit, 0, &mut errors);
+        let upload_limit = rate("upload_limit", self.upload_limit, 0, &mut errors);
         let mode = match self.mode.as_deref().unwrap_or("symlink") {
             "symlink" => SwapMode::Symlink,
             "solr" => {
@@ -178,10 +184,7 @@ impl RawReplica {
                 SwapMode::Symlink
             }
         };
-        let stall = self.stall_secs.unwrap_or(60);
-        if stall == 0 || stall > 86_400 {
-            errors.push(format!("stall_secs = {stall} must be between 1 and 86400"));
-        }
+        let stall = secs("stall_secs", self.stall_secs, 60, 1, &mut errors);
         let limits = super::peer_limits(
             self.max_peers,
             self.max_peers_per_ip,
@@ -192,19 +195,19 @@ impl RawReplica {
             return Err(ConfigError::Invalid(errors));
         }
         Ok(ReplicaConfig {
-            stall: Duration::from_secs(stall),
+            stall,
             limits,
             master_url,
             data_dir,
             http_listen,
             peer_listen,
-            poll_interval: Duration::from_secs(poll),
+            poll_interval,
             keep_versions: self.keep_versions.unwrap_or(2),
             mode,
             on_swap: self.on_swap.filter(|s| !s.trim().is_empty()),
-            download_limit: self.download_limit.unwrap_or_default().0,
-            upload_limit: self.upload_limit.unwrap_or_default().0,
-            seed_old: Duration::from_secs(self.seed_old_secs.unwrap_or(300)),
+            download_limit,
+            upload_limit,
+            seed_old,
         })
     }
 }

@@ -12,6 +12,7 @@
 
 mod publisher;
 pub mod registry;
+mod verifier;
 pub mod watcher;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use tracing::{debug, info, warn};
 
 pub use publisher::PublishError;
 use registry::{Registry, VersionRecord};
+pub use verifier::VerifyStatus;
 use watcher::{list_dirs, Observation, Settler};
 
 use crate::config::MasterConfig;
@@ -49,6 +51,9 @@ pub struct VersionInfo {
 pub struct MasterMetrics {
     pub published: prometheus::IntCounter,
     pub publish_seconds: prometheus::Histogram,
+    pub verified_bytes: prometheus::IntCounter,
+    pub verify_failures: prometheus::IntCounter,
+    pub verify_passes: prometheus::IntCounter,
 }
 
 pub struct Master {
@@ -62,9 +67,12 @@ pub struct Master {
     peer_addr: SocketAddr,
     pub metrics: MasterMetrics,
     pub registry_metrics: Metrics,
-    /// Last error of the watcher or publisher, for `/status`.
+    /// Last error of the watcher, publisher or verifier, for `/status`.
     last_error: Mutex<Option<String>>,
     started: std::time::Instant,
+    /// Bumped whenever a version is published, retired or withdrawn (wakes the verifier).
+    changes: tokio::sync::watch::Sender<u64>,
+    verify: Mutex<VerifyStatus>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +101,16 @@ fn url_host(url: &str) -> Option<String> {
             .to_string()
     };
     (!host.is_empty()).then_some(host)
+}
+
+/// A timer period from a setting, kept within 1 s – 1 day: `MasterConfig`
+/// can be built without validation (the demo, tests), and tokio's interval
+/// panics on a period that overflows the clock.
+fn timer_period(d: Duration) -> Duration {
+    d.clamp(
+        Duration::from_secs(1),
+        Duration::from_secs(crate::config::MAX_SECS),
+    )
 }
 
 impl Master {
@@ -138,6 +156,18 @@ impl Master {
                 "indexswarm_publish_duration_seconds",
                 "Time from a settled snapshot to its version being visible",
             ),
+            verified_bytes: registry_metrics.counter(
+                "indexswarm_verified_bytes_total",
+                "Published bytes re-read and found to match their torrent",
+            ),
+            verify_failures: registry_metrics.counter(
+                "indexswarm_verify_failures_total",
+                "Versions withdrawn because re-verification found changed data",
+            ),
+            verify_passes: registry_metrics.counter(
+                "indexswarm_verify_passes_total",
+                "Completed re-verification passes over every published version",
+            ),
         };
         let master = Arc::new(Master {
             settler: Mutex::new(Settler::new(cfg.settle, cfg.marker_file.is_some())),
@@ -151,6 +181,8 @@ impl Master {
             registry_metrics,
             last_error: Mutex::new(None),
             started: std::time::Instant::now(),
+            changes: tokio::sync::watch::channel(0).0,
+            verify: Mutex::new(VerifyStatus::default()),
         });
         master.restore().await;
         info!(
@@ -291,11 +323,8 @@ impl Master {
             }
         };
         tokio::spawn(self.tracker.clone().run_sweeper(shutdown.clone()));
-        let mut rescan = tokio::time::interval(
-            self.cfg
-                .rescan
-                .min(self.cfg.settle.max(Duration::from_secs(1))),
-        );
+        let verifier = tokio::spawn(self.clone().run_verifier(shutdown.clone()));
+        let mut rescan = tokio::time::interval(timer_period(self.cfg.rescan.min(self.cfg.settle)));
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut integrity = tokio::time::interval(Duration::from_secs(10));
         integrity.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -313,6 +342,7 @@ impl Master {
                 _ = integrity.tick() => self.check_published().await,
             }
         }
+        let _ = verifier.await;
         self.engine.shutdown().await;
     }
 
@@ -392,6 +422,7 @@ impl Master {
             "replicas": replicas.into_values().collect::<Vec<_>>(),
             "peer_addr": self.peer_addr,
             "last_error": *self.last_error.lock(),
+            "verify": *self.verify.lock(),
             "uptime_secs": self.started.elapsed().as_secs(),
         })
     }

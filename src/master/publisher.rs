@@ -137,6 +137,7 @@ impl Master {
             .lock()
             .push(rec.clone())
             .map_err(|e| PublishError::Failed(e.to_string()))?;
+        self.registry_changed();
         let secs = started.elapsed().as_secs_f64();
         self.metrics.publish_seconds.observe(secs);
         self.metrics.published.inc();
@@ -204,6 +205,7 @@ impl Master {
             {
                 warn!("cannot record retirement of version {}: {e}", rec.version);
             }
+            self.registry_changed();
             if self.cfg.delete_old_snapshots {
                 let dir = self.cfg.snapshots_dir.join(&rec.name);
                 // Only a real directory directly inside the snapshots directory.
@@ -233,6 +235,12 @@ impl Master {
         ) {
             warn!("cannot record withdrawal of version {}: {e}", rec.version);
         }
+        self.registry_changed();
+    }
+
+    /// Wakes whoever follows the set of published versions (the verifier).
+    fn registry_changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// After a restart: seed every published version again, trusting files

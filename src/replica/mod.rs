@@ -232,7 +232,7 @@ impl Replica {
                 let base = self.cfg.poll_interval.as_secs_f64();
                 let backoff = base * 2f64.powi(failures.min(5) as i32);
                 let secs = backoff.min(base.max(60.0)) * rand::thread_rng().gen_range(0.8..1.2);
-                Duration::from_secs_f64(secs)
+                Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
             };
             self.status.lock().next_poll_at = Some(rfc3339_in(wait));
             tokio::select! {
@@ -740,7 +740,12 @@ fn load_torrent(p: &Path) -> Option<Metainfo> {
 }
 
 fn rfc3339_in(d: Duration) -> String {
-    let t = time::OffsetDateTime::now_utc() + d;
+    let now = time::OffsetDateTime::now_utc();
+    // Saturates: an absurd wait must not panic (issue #6, finding 8).
+    let t = time::Duration::try_from(d)
+        .ok()
+        .and_then(|d| now.checked_add(d))
+        .unwrap_or(time::PrimitiveDateTime::MAX.assume_utc());
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }

@@ -107,6 +107,8 @@ impl AnnounceConfig {
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Longest wait between announces, whatever a tracker asks.
+const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 /// Shared between an announce loop and its session: the session asks for
 /// an announce now (a stalled download), the loop reports its last failure
@@ -183,7 +185,9 @@ pub async fn run_announce_loop(
                     if !addrs.is_empty() && peers_tx.send(addrs).await.is_err() {
                         break;
                     }
-                    resp.interval
+                    // The decoder clamps already; a reply must never be
+                    // able to make us hammer the tracker or sleep for years.
+                    resp.interval.clamp(Duration::from_secs(1), MAX_INTERVAL)
                 }
                 Err(e) => {
                     let chain = error_chain(&e);
@@ -191,7 +195,7 @@ pub async fn run_announce_loop(
                     signals.set_error(Some(chain));
                     url_index += 1;
                     let w = backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
                     w
                 }
             }
@@ -223,5 +227,93 @@ pub async fn run_announce_loop(
             Ok(Err(e)) => warn!(error = %e, "stopped announce failed"),
             Err(_) => warn!(%url, "stopped announce timed out"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A stand-in tracker (written for this test, not ours): answers every
+    /// request with `body` and reports each request line on `seen`.
+    async fn stand_in_tracker(body: &'static [u8], seen: mpsc::UnboundedSender<String>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/announce", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 65536 {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&req)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    let _ = seen.send(line);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    let _ = sock.write_all(body).await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn absurd_interval_in_a_reply_does_not_panic_the_announce_loop() {
+        // interval and min interval far past u64::MAX seconds; one peer 127.0.0.1:6881.
+        const REPLY: &[u8] = b"d8:intervali99999999999999999999999e12:min intervali18446744073709551615e5:peers6:\x7f\x00\x00\x01\x1a\xe1e";
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
+        let url = stand_in_tracker(REPLY, seen_tx).await;
+        let cfg = AnnounceConfig {
+            urls: vec![url],
+            info_hash: InfoHash([7; 20]),
+            peer_id: [1; 20],
+            port: 6999,
+            numwant: 10,
+        };
+        let (_stats_tx, stats) = watch::channel(TransferStats {
+            left: 100,
+            ..Default::default()
+        });
+        let (peers_tx, mut peers_rx) = mpsc::channel(4);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_announce_loop(
+            reqwest::Client::new(),
+            cfg,
+            stats,
+            peers_tx,
+            shutdown.clone(),
+            Default::default(),
+        ));
+        let limit = Duration::from_secs(10);
+        let peers = tokio::time::timeout(limit, peers_rx.recv()).await.unwrap();
+        assert_eq!(peers, Some(vec!["127.0.0.1:6881".parse().unwrap()]));
+        let first = tokio::time::timeout(limit, seen.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(first.contains("event=started"), "{first}");
+        // The loop now sleeps (clamped to a day); shutting down must still
+        // take its normal path: a `stopped` announce, then a clean end.
+        shutdown.cancel();
+        let ended = tokio::time::timeout(limit, task).await.unwrap();
+        assert!(ended.is_ok(), "the announce loop panicked: {ended:?}");
+        let last = tokio::time::timeout(limit, seen.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(last.contains("event=stopped"), "{last}");
     }
 }

@@ -328,6 +328,24 @@ pub enum ResponseError {
 /// Longest tracker reply we parse (a few thousand peers fit easily).
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
+/// A bencoded integer's digits as a `u64`: negatives become 0 and values
+/// past `u64::MAX` become `u64::MAX` (a tracker's absurd `interval` is
+/// clamped by the caller, not refused); `None` if it is not a number.
+fn saturating_int(s: &str) -> Option<u64> {
+    let (negative, digits) = match s.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, s),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(match (negative, digits.parse::<u64>()) {
+        (true, _) => 0,
+        (false, Ok(v)) => v,
+        (false, Err(_)) => u64::MAX,
+    })
+}
+
 /// Parses an announce reply in either peer-list form.
 pub fn decode_announce(body: &[u8]) -> Result<AnnounceResponse, ResponseError> {
     let bad = |m: &str| ResponseError::Malformed(m.to_string());
@@ -348,10 +366,7 @@ pub fn decode_announce(body: &[u8]) -> Result<AnnounceResponse, ResponseError> {
     };
     let int = |o: Object| -> Result<u64, ResponseError> {
         match o {
-            Object::Integer(s) => s
-                .parse::<i64>()
-                .map(|v| v.max(0) as u64)
-                .map_err(|_| bad("bad integer")),
+            Object::Integer(s) => saturating_int(s).ok_or_else(|| bad("bad integer")),
             _ => Err(bad("expected an integer")),
         }
     };
@@ -519,5 +534,19 @@ mod tests {
             decode_announce(b"garbage"),
             Err(ResponseError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn absurd_intervals_in_a_reply_are_clamped_not_refused() {
+        let day = Duration::from_secs(24 * 3600);
+        let reply =
+            b"d8:intervali99999999999999999999999e12:min intervali18446744073709551615e5:peers0:e";
+        let r = decode_announce(reply).unwrap();
+        assert_eq!((r.interval, r.min_interval), (day, Some(day)));
+        let r = decode_announce(b"d8:intervali-5e5:peers0:e").unwrap();
+        assert_eq!(r.interval, Duration::from_secs(1));
+        assert!(decode_announce(b"d8:intervali1x2e5:peers0:e").is_err());
+        assert_eq!(saturating_int("-"), None);
+        assert_eq!(saturating_int("007"), Some(7));
     }
 }

@@ -29,6 +29,9 @@ use super::protocol::{
 };
 use crate::metainfo::InfoHash;
 
+/// Longest announce interval the tracker hands out.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Debug, Clone)]
 pub struct TrackerConfig {
     pub interval: Duration,
@@ -86,7 +89,8 @@ impl Swarm {
         }
     }
 
-    fn expire(&mut self, cutoff: Instant) {
+    fn expire(&mut self, cutoff: Option<Instant>) {
+        let Some(cutoff) = cutoff else { return };
         let before = self.peers.len();
         self.peers.retain(|_, p| p.last_seen >= cutoff);
         if self.peers.len() != before {
@@ -115,7 +119,11 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(config: TrackerConfig) -> Arc<Tracker> {
+    /// The intervals are clamped to 1 s – 1 day (what clients accept from a
+    /// reply anyway), so no time computed from them can overflow.
+    pub fn new(mut config: TrackerConfig) -> Arc<Tracker> {
+        config.interval = config.interval.clamp(Duration::from_secs(1), MAX_INTERVAL);
+        config.min_interval = config.min_interval.min(config.interval);
         Arc::new(Tracker {
             config,
             swarms: Mutex::new(HashMap::new()),
@@ -190,7 +198,7 @@ impl Tracker {
             v4 => v4,
         };
         let now = Instant::now();
-        let cutoff = now.checked_sub(self.config.interval * 2).unwrap_or(now);
+        let cutoff = self.expiry_cutoff(now);
         let mut swarms = self.swarms.lock();
         if !swarms.contains_key(&req.info_hash) && swarms.len() >= self.config.max_torrents {
             return Err("tracker is full".into());
@@ -290,10 +298,16 @@ impl Tracker {
             .collect()
     }
 
+    /// Peers last seen before this missed two intervals; `None` while the
+    /// clock has not run that long (nobody can have missed them yet).
+    fn expiry_cutoff(&self, now: Instant) -> Option<Instant> {
+        now.checked_sub(self.config.interval.saturating_mul(2))
+    }
+
     /// Drops expired peers and empty unregistered swarms.
     pub fn sweep(&self) {
         let now = Instant::now();
-        let cutoff = now.checked_sub(self.config.interval * 2).unwrap_or(now);
+        let cutoff = self.expiry_cutoff(now);
         let allowed = self.allowed.lock().clone();
         self.swarms.lock().retain(|h, s| {
             s.expire(cutoff);
@@ -489,6 +503,26 @@ mod tests {
             r.peers.iter().all(|p| p.addr.port() != 6881),
             "unregister forgets the static seed"
         );
+    }
+
+    #[test]
+    fn absurd_intervals_are_clamped_and_never_panic() {
+        let t = Tracker::new(TrackerConfig {
+            whitelist_only: false,
+            interval: Duration::MAX,
+            min_interval: Duration::MAX,
+            ..Default::default()
+        });
+        let r = t.announce(&req(1, 0, Event::Started), LOCAL).unwrap();
+        assert_eq!(r.interval, MAX_INTERVAL);
+        assert!(r.min_interval.unwrap_or_default() <= MAX_INTERVAL);
+        t.sweep();
+        assert_eq!(t.peers(&InfoHash([9; 20])).len(), 1, "not expired at once");
+        let zero = Tracker::new(TrackerConfig {
+            interval: Duration::ZERO,
+            ..Default::default()
+        });
+        assert_eq!(zero.config().interval, Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]
