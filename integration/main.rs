@@ -10,5 +10,6 @@ mod master;
 mod replica;
 mod search;
 mod strangers;
+mod swarm;
 mod torrents;
 mod tracker;

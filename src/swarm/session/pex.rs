@@ -33,6 +33,7 @@ impl SwarmState {
         let msg = pex::decode(payload);
         let own = p.listen_addr;
         let added: Vec<SocketAddr> = msg.added.into_iter().filter(|a| Some(*a) != own).collect();
+        tracing::debug!(peer = %p.addr, ?added, dropped = msg.dropped.len(), "peer exchange");
         self.learn(&added);
     }
 
