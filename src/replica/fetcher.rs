@@ -100,14 +100,7 @@ pub fn reuse_files(
         if let Some(parent) = dst.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        if std::fs::hard_link(&src, &dst).is_err() {
-            // Another filesystem, or links not allowed: copy through a temp name.
-            let tmp = dst.with_extension("indexswarm-copy");
-            let _ = std::fs::remove_file(&tmp); // left by a crash mid-copy
-            std::fs::copy(&src, &tmp)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &dst)?;
-        }
+        crate::util::link_or_copy(&src, &dst)?;
         out.push(Reused {
             path: dst,
             bytes: fb.length,

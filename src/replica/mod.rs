@@ -36,10 +36,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{ReplicaConfig, SwapMode};
-use crate::master::registry::{now_rfc3339, write_atomic};
 use crate::master::VersionInfo;
 use crate::metainfo::Metainfo;
 use crate::swarm::{Check, Engine, EngineConfig, Session, SessionOptions, SessionState};
+use crate::util::{now_rfc3339, rfc3339_in, write_atomic};
 pub use status::{State, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -392,7 +392,7 @@ impl Replica {
             self.download(version, meta.clone(), &staging).await?;
             std::fs::rename(&staging, &final_dir)
                 .map_err(|e| format!("{}: {e}", final_dir.display()))?;
-            crate::storage::sync_dir(&vdir).map_err(|e| e.to_string())?;
+            crate::util::sync_dir(&vdir).map_err(|e| e.to_string())?;
         } else {
             let tpath = vdir.join(format!("{version}.torrent"));
             if !tpath.exists() {
@@ -729,10 +729,4 @@ impl Replica {
 
 fn load_torrent(p: &Path) -> Option<Metainfo> {
     Metainfo::from_bytes(&std::fs::read(p).ok()?).ok()
-}
-
-fn rfc3339_in(d: Duration) -> String {
-    let t = time::OffsetDateTime::now_utc() + d;
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }

@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::SolrConfig;
-use crate::master::registry::write_atomic;
-use crate::storage::sync_dir;
+use crate::util::{link_or_copy, sync_dir, write_atomic};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwapError {
@@ -50,10 +49,7 @@ pub fn swap_symlink(data_dir: &Path, version: u64) -> Result<PathBuf, SwapError>
     std::os::unix::fs::symlink(&target, &tmp).map_err(io(&tmp))?;
     let current = data_dir.join("current");
     std::fs::rename(&tmp, &current).map_err(io(&current))?;
-    sync_dir(data_dir).map_err(|e| SwapError::Io {
-        path: data_dir.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    sync_dir(data_dir).map_err(io(data_dir))?;
     Ok(data_dir.join(target))
 }
 
@@ -68,11 +64,8 @@ fn link_tree(src: &Path, dst: &Path) -> Result<(), SwapError> {
         let target = dst.join(rel);
         if e.file_type().is_dir() {
             std::fs::create_dir_all(&target).map_err(io(&target))?;
-        } else if e.file_type().is_file() && std::fs::hard_link(e.path(), &target).is_err() {
-            std::fs::copy(e.path(), &target).map_err(io(&target))?;
-            std::fs::File::open(&target)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&target))?;
+        } else if e.file_type().is_file() {
+            link_or_copy(e.path(), &target).map_err(io(&target))?;
         }
     }
     Ok(())
@@ -129,16 +122,10 @@ pub async fn swap_solr(
         .flatten()
         .filter(|e| e.file_type().is_dir())
     {
-        sync_dir(e.path()).map_err(|e2| SwapError::Io {
-            path: e.path().to_path_buf(),
-            source: std::io::Error::other(e2.to_string()),
-        })?;
+        sync_dir(e.path()).map_err(io(e.path()))?;
     }
     std::fs::rename(&tmp, &index_dir).map_err(io(&index_dir))?;
-    sync_dir(&cfg.core_data_dir).map_err(|e| SwapError::Io {
-        path: cfg.core_data_dir.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    sync_dir(&cfg.core_data_dir).map_err(io(&cfg.core_data_dir))?;
     let props = cfg.core_data_dir.join("index.properties");
     let body = format!("#index.properties written by indexswarm\nindex={name}\n");
     write_atomic(&props, body.as_bytes()).map_err(io(&props))?;
@@ -151,7 +138,7 @@ pub async fn swap_solr(
         } else {
             '?'
         },
-        crate::tracker::protocol::url_bytes(cfg.core.as_bytes())
+        percent_encoding::utf8_percent_encode(&cfg.core, percent_encoding::NON_ALPHANUMERIC)
     );
     let reload_error = match http.get(&url).timeout(Duration::from_secs(60)).send().await {
         Ok(r) if r.status().is_success() => None,

@@ -266,7 +266,7 @@ impl Storage {
             }
         }
         for d in dirs {
-            sync_dir(&d)?;
+            crate::util::sync_dir(&d).map_err(Self::io_err(&d))?;
         }
         Ok(())
     }
@@ -281,16 +281,6 @@ impl Storage {
             }
         }
     }
-}
-
-/// fsyncs a directory so that entries created or renamed in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| StorageError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })
 }
 
 impl BlockReader for Storage {
