@@ -4,6 +4,7 @@
 
 mod common;
 mod hostile;
+mod integrity;
 mod interop;
 mod master;
 mod replica;
