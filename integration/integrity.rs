@@ -651,5 +651,5 @@ fn swap_path_killed_at_every_crash_point_solr_mode() {
         assert!(v.is_some(), "{} is no complete version", dir.display());
         v
     };
-    crash_loop(&mut s, &data, &extra, &points, &[&core], &live_now);
+    crash_loop(&mut s, &data, &extra, points, &[&core], &live_now);
 }
