@@ -171,6 +171,54 @@ fn version_2_republished_after_the_master_lost_its_state_is_fetched_not_taken_fr
     );
 }
 
+#[test]
+fn the_live_number_republished_with_other_bytes_is_staged_beside_the_live_directory() {
+    let d = test_dir("int-same-number");
+    let mut m = Master::start(d.path(), &[]);
+    let data = d.path().join("r");
+    let v1 = m.publish_new("snapshot.20260101000000000", 4 * MB, 1);
+    let v2 = m.publish_next(v1, "snapshot.20260102000000000", MB, 2);
+    let r = start_replica(&m, &data, "replica-1", &[], &[]);
+    r.wait_version(v2, REPLICATE);
+    drop(r);
+    let old_live = tree(&data.join("versions/2"));
+
+    // While the replica is down, the master loses its state and publishes
+    // other bytes as 1 and 2: the new 2 cannot go into versions/2, the live
+    // directory.
+    lose_master_state(&mut m);
+    assert_eq!(m.publish_new("snapshot.20270101000000000", 3 * MB, 7), 1);
+    assert_eq!(m.publish_new("snapshot.20270102000000000", 3 * MB, 8), 2);
+    let new_hash = latest_hash(&m);
+    let r = start_replica(&m, &data, "replica-2", &[], &[]);
+    r.wait_status(REPLICATE, "the new version 2", |s| {
+        s["state"] == "idle" && s["current_version"] == 2 && s["current_info_hash"] == new_hash
+    });
+    let target = fs::read_link(data.join("current")).unwrap();
+    assert_eq!(
+        target,
+        PathBuf::from(format!("versions/2-{}", &new_hash[..8])),
+        "staged beside the live directory"
+    );
+    assert_same_tree(m.snapshot(2), &data.join(&target));
+    assert!(
+        tree(&data.join("versions/2")) == old_live,
+        "the old live directory was never written into"
+    );
+    drop(r);
+
+    // A restart recognises the live version by its manifest, under that name.
+    let r = start_replica(&m, &data, "replica-3", &[], &[]);
+    r.wait_status(START, "the live version after a restart", |s| {
+        s["current_version"] == 2 && s["current_info_hash"] == new_hash
+    });
+    // And the next version goes on as usual.
+    let v3 = m.publish_next(2, "snapshot.20270103000000000", MB, 9);
+    r.wait_version(v3, REPLICATE);
+    assert_same_tree(m.snapshot(v3), &current_dir(&data).unwrap());
+    assert_eq!(r.status()["times_replicated"], 1, "{}", r.diag());
+}
+
 // ---------------------------------------------------------------- finding 4
 
 #[test]
