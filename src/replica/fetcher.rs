@@ -7,7 +7,10 @@
 //! (SHA-1 collisions aside), and the session's initial check re-hashes it
 //! anyway. Piece-aligned torrents (the master's default) make every unchanged
 //! file qualify. Reused files are hard-linked (copied if linking fails) into
-//! `versions/<n>.partial/`, so they cost neither network nor much disk.
+//! `versions/<n>.partial/`, so they cost neither network nor much disk. A
+//! link shares its bytes with the live version: if the check finds a piece
+//! of it damaged, storage copies the file before writing the repair
+//! (copy-on-write), so the live version is never written into.
 
 use std::path::{Path, PathBuf};
 

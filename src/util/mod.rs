@@ -16,3 +16,22 @@ pub mod time;
 pub use self::fs::{link_or_copy, sync_dir, write_atomic};
 pub use self::lock::{DirLock, LockError};
 pub use self::time::{now_rfc3339, rfc3339_in};
+
+#[cfg(test)]
+mod tests {
+    /// util is a leaf: it must not import from the rest of the crate (the
+    /// needle is split so that this test does not find itself).
+    #[test]
+    fn util_imports_nothing_from_the_crate() {
+        let needle = concat!("crate", "::");
+        for (name, text) in [
+            ("mod.rs", include_str!("mod.rs")),
+            ("crash.rs", include_str!("crash.rs")),
+            ("fs.rs", include_str!("fs.rs")),
+            ("lock.rs", include_str!("lock.rs")),
+            ("time.rs", include_str!("time.rs")),
+        ] {
+            assert!(!text.contains(needle), "src/util/{name} uses the crate");
+        }
+    }
+}
