@@ -26,7 +26,7 @@
 //! against the files (`manifest.rs`), lets a directory be reused as a
 //! version without checking every piece.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::metainfo::{InfoHash, Metainfo};
@@ -111,24 +111,48 @@ pub fn rel_path(f: &crate::metainfo::FileEntry) -> PathBuf {
     f.path.iter().collect()
 }
 
-/// Removes every file under `dir` that `meta` does not list (left in a
-/// staging directory by another torrent or a crash mid-copy), so that a
-/// finished version holds exactly the torrent's files. Returns how many.
-pub fn prune_strays(dir: &Path, meta: &Metainfo) -> std::io::Result<usize> {
-    let wanted: HashSet<PathBuf> = meta.files.iter().filter(|f| !f.pad).map(rel_path).collect();
-    let mut removed = 0;
+/// Files under `dir` that `meta` does not list (or that are not regular
+/// files where it lists one), and listed files whose length is wrong.
+/// Checking pieces cannot see either: bytes past a file's end belong to no
+/// piece, and an empty file has none.
+pub fn misfits(dir: &Path, meta: &Metainfo) -> std::io::Result<Vec<PathBuf>> {
+    let wanted: HashMap<PathBuf, u64> = meta
+        .files
+        .iter()
+        .filter(|f| !f.pad)
+        .map(|f| (rel_path(f), f.length))
+        .collect();
+    let mut out = Vec::new();
     for e in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
         let e = e.map_err(std::io::Error::other)?;
         if e.file_type().is_dir() {
             continue;
         }
         let rel = e.path().strip_prefix(dir).unwrap_or(e.path());
-        if !wanted.contains(rel) {
-            std::fs::remove_file(e.path())?;
-            removed += 1;
+        let fits = match wanted.get(rel) {
+            Some(len) => {
+                e.file_type().is_file()
+                    && e.metadata().map_err(std::io::Error::other)?.len() == *len
+            }
+            None => false,
+        };
+        if !fits {
+            out.push(e.path().to_path_buf());
         }
     }
-    Ok(removed)
+    Ok(out)
+}
+
+/// Removes the [`misfits`] of a staging directory (left by another torrent,
+/// a crash mid-copy or a hand), so that a finished version holds exactly
+/// the torrent's files. Unlinking never touches the live version, even for
+/// a hard link into it. Returns how many.
+pub fn prune_strays(dir: &Path, meta: &Metainfo) -> std::io::Result<usize> {
+    let strays = misfits(dir, meta)?;
+    for p in &strays {
+        std::fs::remove_file(p)?;
+    }
+    Ok(strays.len())
 }
 
 /// The epoch recorded with the live version.
@@ -168,6 +192,33 @@ mod tests {
         ] {
             assert_eq!(slot_version(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn strays_and_wrong_lengths_are_pruned_from_staging() {
+        use crate::metainfo::{build, BuildOptions};
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::write(src.join("a"), vec![1u8; 1000]).unwrap();
+        std::fs::write(src.join("d/b"), b"").unwrap();
+        std::fs::write(src.join("c"), b"same").unwrap();
+        let meta = build(
+            &src,
+            &BuildOptions::default(),
+            &std::sync::atomic::AtomicU64::new(0),
+        )
+        .unwrap()
+        .meta;
+        let st = t.path().join("staging");
+        std::fs::create_dir_all(st.join("d")).unwrap();
+        std::fs::write(st.join("a"), vec![1u8; 1001]).unwrap(); // one byte too long
+        std::fs::write(st.join("d/b"), b"x").unwrap(); // should be empty
+        std::fs::write(st.join("c"), b"same").unwrap(); // fits
+        std::fs::write(st.join("other"), b"x").unwrap(); // not listed
+        assert_eq!(prune_strays(&st, &meta).unwrap(), 3);
+        assert!(st.join("c").exists());
+        assert!(misfits(&st, &meta).unwrap().is_empty());
     }
 
     #[test]

@@ -168,6 +168,27 @@ fn prove(data: &Path, slot: &str, path: &Path, solr: bool) -> Found {
         return live(seed_dir());
     }
     info!(slot, path = %path.display(), "the live version has no valid manifest; checking every piece");
+    // Lengths and extra files first: pieces cannot show either. Solr may
+    // keep files of its own in the index directory.
+    let misfits = layout::misfits(path, &meta).unwrap_or_else(|_| vec![path.to_path_buf()]);
+    let wrong: Vec<&PathBuf> = misfits
+        .iter()
+        .filter(|p| {
+            !solr
+                || meta
+                    .files
+                    .iter()
+                    .any(|f| path.join(layout::rel_path(f)) == **p)
+        })
+        .collect();
+    if let Some(first) = wrong.first() {
+        return Found::Unproven(format!(
+            "the live version {slot} ({}) does not match its torrent ({} has the wrong \
+             length or is not part of it); it will be replaced",
+            path.display(),
+            first.display()
+        ));
+    }
     let storage = Storage::with_root(meta.clone(), path, Mode::ReadOnly);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let have = storage

@@ -281,8 +281,9 @@ impl Storage {
             if slot.pad {
                 continue;
             }
-            if !slot.path.exists() {
-                // Creates the file at its length (empty files hold no piece).
+            if slot.length == 0 || !slot.path.exists() {
+                // Creates the file at its length (and empties an empty file:
+                // it holds no piece, so no check would notice bytes in it).
                 self.handle(i, true)?;
             }
             // Every file, not only those written in this run: pieces found on
