@@ -219,6 +219,55 @@ fn the_live_number_republished_with_other_bytes_is_staged_beside_the_live_direct
     assert_eq!(r.status()["times_replicated"], 1, "{}", r.diag());
 }
 
+#[test]
+fn a_live_version_without_a_manifest_is_checked_in_place_at_startup() {
+    let d = test_dir("int-no-manifest");
+    let mut m = Master::start(d.path(), &[]);
+    let data = d.path().join("r");
+    let v1 = m.publish_new("snapshot.20260101000000000", 4 * MB, 1);
+    let r = start_replica(&m, &data, "replica-1", &[], &[]);
+    r.wait_version(v1, REPLICATE);
+    let hash = r.status()["current_info_hash"].clone();
+    drop(r);
+    // Started with no master in reach, a replica shows what recovery found.
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let manifest = data.join("versions/1.manifest");
+
+    // As after an upgrade from a replica without manifests: intact bytes
+    // are checked piece by piece, trusted, and get a manifest again.
+    fs::remove_file(&manifest).unwrap();
+    let r = spawn_replica(&nobody, &m.logs, &data, "replica-2", &[], &[]);
+    r.wait_status(START, "the live version proven in place", |s| {
+        s["current_version"] == v1 && s["current_info_hash"] == hash
+    });
+    assert!(manifest.is_file(), "the manifest is written again");
+    drop(r);
+
+    // Damaged bytes and no manifest: no live version as far as /status
+    // goes (it names no bytes that are not there), and it says why.
+    fs::remove_file(&manifest).unwrap();
+    flip_byte(&data.join("versions/1/_0.cfs"));
+    let r = spawn_replica(&nobody, &m.logs, &data, "replica-3", &[], &[]);
+    r.wait_status(START, "the damaged live version reported", |s| {
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("does not match its torrent"))
+    });
+    let s = r.status();
+    assert!(s["current_version"].is_null(), "{s}");
+    assert!(s["current_info_hash"].is_null(), "{s}");
+    drop(r);
+
+    // With the master: replaced beside it, never written into.
+    let r = start_replica(&m, &data, "replica-4", &[], &[]);
+    r.wait_status(REPLICATE, "version 1 fetched again", |s| {
+        s["state"] == "idle" && s["current_version"] == v1 && s["current_info_hash"] == hash
+    });
+    let live = current_dir(&data).unwrap();
+    assert_ne!(live, data.join("versions/1"), "{}", live.display());
+    assert_same_tree(m.snapshot(v1), &live);
+}
+
 // ---------------------------------------------------------------- finding 4
 
 #[test]

@@ -258,7 +258,12 @@ impl Replica {
             Err(e) => {
                 warn!("replication cycle failed: {e}");
                 st.state = State::Error;
-                st.last_error = Some(e.to_string());
+                // A standing warning (a failed RELOAD, a live version that
+                // did not verify) stays visible behind the new error.
+                st.last_error = Some(match warning {
+                    Some(w) => format!("{e}; {w}"),
+                    None => e.to_string(),
+                });
                 st.times_failed += 1;
                 st.last_cycle_seconds = Some(took.as_secs_f64());
             }
