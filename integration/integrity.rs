@@ -299,6 +299,51 @@ fn a_master_that_lost_its_state_and_restarted_at_version_1_is_followed() {
     assert_ne!(latest["epoch"], epoch, "a new state has a new epoch");
 }
 
+#[test]
+fn the_same_bytes_renumbered_in_a_new_epoch_are_adopted_without_a_download() {
+    let d = test_dir("int-adopt");
+    let mut m = Master::start(d.path(), &[]);
+    let data = d.path().join("r");
+    let v1 = m.publish_new("snapshot.20260101000000000", 4 * MB, 1);
+    let v2 = m.publish_next(v1, "snapshot.20260102000000000", MB, 2);
+    let r = start_replica(&m, &data, "replica", &[], &[]);
+    r.wait_version(v2, REPLICATE);
+    let hash = r.status()["current_info_hash"].clone();
+
+    // The master loses its state (not its snapshots) and the first
+    // snapshot is gone: it publishes the second one again, as version 1.
+    m.proc.signal("KILL");
+    m.proc.wait(Duration::from_secs(10));
+    fs::remove_dir_all(m.snaps.join(".indexswarm")).unwrap();
+    fs::remove_dir_all(m.snapshot(v1)).unwrap();
+    let second = m.snapshot(v2).to_path_buf();
+    m.versions.clear();
+    m.restart();
+    wait_until(REPLICATE, "the master to publish it again", || {
+        m.latest()
+            .is_some_and(|v| v["version"] == 1 && v["info_hash"] == hash)
+    });
+    m.versions.insert(1, second);
+    poll(&r);
+    r.wait_status(REPLICATE, "the same bytes as version 1", |s| {
+        s["state"] == "idle" && s["current_version"] == 1 && s["current_info_hash"] == hash
+    });
+    let s = r.status();
+    assert_eq!(s["bytes_downloaded"], 0, "{s}");
+    assert_eq!(
+        fs::read_link(data.join("current")).unwrap(),
+        Path::new("versions/1")
+    );
+    assert_same_tree(m.snapshot(1), &data.join("versions/1"));
+    let epoch = m.latest().unwrap()["epoch"].as_str().unwrap().to_string();
+    assert_eq!(
+        fs::read_to_string(data.join("master-epoch"))
+            .unwrap()
+            .trim(),
+        epoch
+    );
+}
+
 /// What the stand-in answers for `/versions/latest` and `/versions`.
 const PROXY: u8 = 0;
 const BOGUS: u8 = 1;
