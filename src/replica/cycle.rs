@@ -18,6 +18,7 @@ use super::swapper;
 use super::{Live, Outcome, Replica};
 use crate::config::SwapMode;
 use crate::metainfo::Metainfo;
+use crate::util::fs::write_atomic_traced;
 use crate::util::{crash, now_rfc3339};
 
 /// Largest JSON reply accepted from the master (a version list of a few
@@ -193,31 +194,47 @@ impl Replica {
             }
         };
         // The swap is done: from here on /status describes the new version.
-        let version = target.version;
         let new_live = Live {
-            version,
+            version: target.version,
             slot: slot.to_string(),
-            meta: meta.clone(),
+            meta,
             dir,
-            path: path.clone(),
+            path,
         };
         let old = self.live.lock().replace(new_live.clone());
-        info!(version, slot, path = %path.display(), secs = format!("{:.2}", started.elapsed().as_secs_f64()), "swapped");
+        info!(version = target.version, slot, path = %new_live.path.display(), secs = format!("{:.2}", started.elapsed().as_secs_f64()), "swapped");
         {
             let mut st = self.status.lock();
             st.times_replicated += 1;
             st.last_swap_at = Some(now_rfc3339());
-            st.current_version = Some(version);
-            st.current_info_hash = Some(meta.info_hash.hex());
-            st.current_path = Some(path.display().to_string());
+            st.current_version = Some(new_live.version);
+            st.current_info_hash = Some(new_live.meta.info_hash.hex());
+            st.current_path = Some(new_live.path.display().to_string());
             st.target_version = None;
             st.progress = 1.0;
         }
         let mut warnings: Vec<String> = reload_error.into_iter().collect();
+        warnings.extend(self.after_swap(target, &new_live).await);
+        for w in &warnings {
+            warn!("{w}");
+        }
+        let warning = (!warnings.is_empty()).then(|| warnings.join("; "));
+        *self.swap_warning.lock() = warning.clone();
+        self.status.lock().last_error = warning;
+        self.hand_over_seeding(old, &new_live).await;
+        self.apply_retention().await;
+        Ok(())
+    }
+
+    /// What follows a swap and cannot undo it: the `live-version` hint
+    /// (Solr mode), the master's epoch, the `on_swap` hook. Returns what
+    /// went wrong, for `/status`.
+    async fn after_swap(&self, target: &RemoteVersion, live: &Live) -> Vec<String> {
+        let mut warnings = Vec::new();
         if let SwapMode::Solr(_) = &self.cfg.mode {
             // Only a hint for recovery (which identifies the index by inode).
-            let p = data.join(layout::LIVE_VERSION_FILE);
-            let r = crate::util::fs::write_atomic_traced(&p, slot.as_bytes(), Some("live_version"));
+            let p = self.cfg.data_dir.join(layout::LIVE_VERSION_FILE);
+            let r = write_atomic_traced(&p, live.slot.as_bytes(), Some("live_version"));
             if let Err(e) = r.map_err(io_at(&p)) {
                 warnings.push(e.to_string());
             }
@@ -227,45 +244,40 @@ impl Replica {
         }
         if let Some(hook) = &self.cfg.on_swap {
             crash::point("hook_start");
-            let r =
-                swapper::run_hook(hook, &self.http, version, &path, &meta.info_hash.hex()).await;
+            let hash = live.meta.info_hash.hex();
+            let r = swapper::run_hook(hook, &self.http, live.version, &live.path, &hash).await;
             crash::point("hook_end");
             if let Err(e) = r {
                 warnings.push(e.to_string());
             }
         }
-        for w in &warnings {
-            warn!("{w}");
+        warnings
+    }
+
+    /// Keeps serving: the new version for as long as it is live, the old one
+    /// for `seed_old` more (replicas behind us may still need it). The same
+    /// bytes under a new number are seeded from their new directory.
+    async fn hand_over_seeding(&self, old: Option<Live>, new: &Live) {
+        let hash = new.meta.info_hash;
+        if old.as_ref().is_some_and(|o| o.meta.info_hash == hash) {
+            self.stop_seeding(|s| s.info_hash == hash).await;
         }
-        let warning = (!warnings.is_empty()).then(|| warnings.join("; "));
-        *self.swap_warning.lock() = warning.clone();
-        self.status.lock().last_error = warning;
-        // Keep serving: the new version for as long as it is live, the old
-        // one for a while (replicas behind us may still need it). The same
-        // bytes under a new number are seeded from their new directory.
-        if old
-            .as_ref()
-            .is_some_and(|o| o.meta.info_hash == meta.info_hash)
-        {
-            self.stop_seeding(|s| s.info_hash == meta.info_hash).await;
-        }
-        self.start_seeding(&new_live, None);
+        self.start_seeding(new, None);
         crash::point("seeding_started");
-        if let Some(o) = old.filter(|o| o.meta.info_hash != meta.info_hash) {
-            // A setting too large to add means "for as long as we run".
-            let until = Instant::now()
-                .checked_add(self.cfg.seed_old)
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(10 * 365 * 86400));
-            for s in self
-                .seeding
-                .lock()
-                .iter_mut()
-                .filter(|s| s.info_hash == o.meta.info_hash)
-            {
-                s.until = Some(until);
-            }
+        let Some(o) = old.filter(|o| o.meta.info_hash != hash) else {
+            return;
+        };
+        // A setting too large to add means "for as long as we run".
+        let until = Instant::now()
+            .checked_add(self.cfg.seed_old)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(10 * 365 * 86400));
+        for s in self
+            .seeding
+            .lock()
+            .iter_mut()
+            .filter(|s| s.info_hash == o.meta.info_hash)
+        {
+            s.until = Some(until);
         }
-        self.apply_retention().await;
-        Ok(())
     }
 }

@@ -183,21 +183,7 @@ impl Replica {
         let result = loop {
             {
                 let p = progress.borrow_and_update().clone();
-                let mut st = self.status.lock();
-                st.state = if p.state == SessionState::Checking {
-                    State::Verifying
-                } else {
-                    State::Downloading
-                };
-                st.bytes_downloaded = p.downloaded;
-                st.bytes_wasted = p.wasted;
-                st.progress = if p.bytes_total > 0 {
-                    p.bytes_have as f64 / p.bytes_total as f64
-                } else {
-                    1.0
-                };
-                st.download_rate = p.download_rate;
-                st.peers = p.peers;
+                self.show_progress(&p);
                 if p.complete {
                     break Ok(());
                 }
@@ -232,6 +218,26 @@ impl Replica {
             Err(_) => {}
         }
         result
+    }
+}
+
+impl Replica {
+    fn show_progress(&self, p: &crate::swarm::Progress) {
+        let mut st = self.status.lock();
+        st.state = if p.state == SessionState::Checking {
+            State::Verifying
+        } else {
+            State::Downloading
+        };
+        st.bytes_downloaded = p.downloaded;
+        st.bytes_wasted = p.wasted;
+        st.progress = if p.bytes_total > 0 {
+            p.bytes_have as f64 / p.bytes_total as f64
+        } else {
+            1.0
+        };
+        st.download_rate = p.download_rate;
+        st.peers = p.peers;
     }
 }
 
