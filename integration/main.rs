@@ -5,6 +5,7 @@
 mod bounds;
 mod common;
 mod hostile;
+mod integrity;
 mod interop;
 mod master;
 mod replica;
