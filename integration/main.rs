@@ -10,6 +10,7 @@ mod interop;
 mod master;
 mod replica;
 mod search;
+mod stalls;
 mod strangers;
 mod swarm;
 mod torrents;

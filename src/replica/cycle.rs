@@ -37,7 +37,7 @@ impl Replica {
             .timeout(Duration::from_secs(20))
             .send()
             .await
-            .map_err(|e| CycleError::Unreachable(e.to_string()))?;
+            .map_err(|e| CycleError::Unreachable(crate::util::error_chain(&e)))?;
         if r.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }

@@ -180,9 +180,10 @@ impl Replica {
         };
         let session = self.engine.add(meta.clone(), staging.to_path_buf(), opts)?;
         let mut progress = session.progress();
-        let mut listed_check =
-            tokio::time::interval(self.cfg.poll_interval.max(Duration::from_secs(1)));
-        listed_check.tick().await;
+        // The master may hang (or be frozen): asking it whether the version
+        // is still listed runs beside this loop, never in it, so /status
+        // keeps following the download whatever the master does.
+        let mut retired = self.watch_retirement(meta.info_hash);
         let result = loop {
             {
                 let p = progress.borrow_and_update().clone();
@@ -201,14 +202,10 @@ impl Replica {
                 r = progress.changed() => if r.is_err() {
                     break Err(CycleError::SessionEnded(version));
                 },
-                _ = listed_check.tick() => {
-                    let listed = self.list().await.ok();
-                    if listed.is_some_and(|l| !l.iter().any(|v| v.info_hash == meta.info_hash)) {
-                        break Err(CycleError::Retired(version));
-                    }
-                }
+                Some(()) = retired.recv() => break Err(CycleError::Retired(version)),
             }
         };
+        retired.close();
         if result.is_ok() {
             crash::point("download_complete");
         }
@@ -225,6 +222,35 @@ impl Replica {
 }
 
 impl Replica {
+    /// Checks every poll interval whether the master still lists `hash`;
+    /// sends once when it does not. Ends when the receiver is dropped.
+    fn watch_retirement(
+        self: &Arc<Self>,
+        hash: crate::metainfo::InfoHash,
+    ) -> tokio::sync::mpsc::Receiver<()> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(me.cfg.poll_interval.max(Duration::from_secs(1)));
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = every.tick() => {}
+                }
+                let listed = tokio::select! {
+                    _ = tx.closed() => return,
+                    l = me.list() => l.ok(),
+                };
+                if listed.is_some_and(|l| !l.iter().any(|v| v.info_hash == hash)) {
+                    let _ = tx.send(()).await;
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
     fn show_progress(&self, p: &crate::swarm::Progress) {
         let mut st = self.status.lock();
         st.state = if p.state == SessionState::Checking {

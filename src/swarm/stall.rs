@@ -37,12 +37,21 @@ impl Failures {
         }
     }
 
+    /// `piece` verified: its earlier failures are explained (a liar, now
+    /// banned, or a source that since got it right). Other pieces' failures
+    /// stand: a piece passing says nothing about another that failed.
+    pub fn passed(&mut self, piece: u32) {
+        if let Some((n, _)) = self.pieces.remove(&piece) {
+            self.total = self.total.saturating_sub(n);
+        }
+    }
+
+    #[cfg(test)]
     pub fn clear(&mut self) {
         self.pieces.clear();
         self.total = 0;
     }
 
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.total == 0
     }
@@ -81,11 +90,41 @@ fn list(addrs: &BTreeSet<SocketAddr>) -> String {
         .join(", ")
 }
 
-/// One line: why nothing arrived. The session prefixes nothing: the replica
-/// reports it as `stalled: <reason>`.
-pub fn diagnose(f: &StallFacts) -> String {
+/// The kind of a stall: the log line repeats only when it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StallKind {
+    /// Pieces keep failing their hash: the source's data is wrong.
+    SourceMismatch,
+    NoPeers,
+    NothingUseful,
+    Choked,
+    Slow,
+}
+
+/// One line: why nothing arrived, and its kind. The replica reports the
+/// line as `stalled: <reason>`.
+pub fn diagnose(f: &StallFacts) -> (StallKind, String) {
+    let kind = kind_of(f);
+    (kind, describe(kind, f))
+}
+
+fn kind_of(f: &StallFacts) -> StallKind {
+    if !f.failures.is_empty() {
+        StallKind::SourceMismatch
+    } else if f.peers == 0 {
+        StallKind::NoPeers
+    } else if f.useful_peers == 0 {
+        StallKind::NothingUseful
+    } else if f.unchoked_by == 0 {
+        StallKind::Choked
+    } else {
+        StallKind::Slow
+    }
+}
+
+fn describe(kind: StallKind, f: &StallFacts) -> String {
     let secs = f.idle.as_secs();
-    if let Some((piece, times, from)) = f.failures.worst() {
+    if let (StallKind::SourceMismatch, Some((piece, times, from))) = (kind, f.failures.worst()) {
         let others = f.failures.total.saturating_sub(times);
         let mut s =
             format!(
@@ -150,7 +189,8 @@ mod tests {
         f.failures.record(3, [master]);
         f.failures.record(3, [master]);
         f.failures.record(9, [master]);
-        let r = diagnose(&f);
+        let (kind, r) = diagnose(&f);
+        assert_eq!(kind, StallKind::SourceMismatch);
         assert!(
             r.starts_with("the source's data does not match the torrent: piece 3 failed its hash check 2 times (sent by 10.0.0.1:6881)"),
             "{r}"
@@ -162,19 +202,33 @@ mod tests {
     fn each_situation_has_its_reason() {
         let mut f = facts();
         f.tracker_error = Some("connect timed out".into());
-        assert!(diagnose(&f).contains("tracker is failing: connect timed out"));
+        assert!(diagnose(&f)
+            .1
+            .contains("tracker is failing: connect timed out"));
         f.tracker_error = None;
-        assert!(diagnose(&f).contains("lists no other peer"));
+        assert!(diagnose(&f).1.contains("lists no other peer"));
         f.known = 3;
         f.banned = 1;
-        assert!(diagnose(&f).contains("none of 3 known peers accepted"));
-        assert!(diagnose(&f).contains("(1 banned)"));
+        assert!(diagnose(&f).1.contains("none of 3 known peers accepted"));
+        assert!(diagnose(&f).1.contains("(1 banned)"));
         f.peers = 2;
-        assert!(diagnose(&f).contains("has a missing piece"));
+        assert!(diagnose(&f).1.contains("has a missing piece"));
         f.useful_peers = 2;
-        assert!(diagnose(&f).contains("choking us"));
+        assert!(diagnose(&f).1.contains("choking us"));
         f.unchoked_by = 1;
-        assert!(diagnose(&f).contains("no piece verified for 30s"));
+        assert!(diagnose(&f).1.contains("no piece verified for 30s"));
+    }
+
+    #[test]
+    fn a_piece_that_passes_clears_only_its_own_failures() {
+        let mut f = Failures::default();
+        let a: SocketAddr = ([10, 0, 0, 1], 1).into();
+        f.record(4, [a]);
+        f.record(5, [a]);
+        f.passed(5);
+        assert!(!f.is_empty(), "piece 4 still failed");
+        f.passed(4);
+        assert!(f.is_empty());
     }
 
     #[test]

@@ -19,6 +19,7 @@ use super::protocol::{
     decode_announce, AnnounceRequest, AnnounceResponse, Event, ResponseError, MAX_RESPONSE_BYTES,
 };
 use crate::metainfo::InfoHash;
+use crate::util::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnnounceError {
@@ -128,22 +129,6 @@ impl AnnounceSignals {
     fn set_error(&self, e: Option<String>) {
         *self.last_error.lock() = e;
     }
-}
-
-/// An error and every cause under it, on one line (`reqwest` puts the
-/// useful part, "connection refused", in a source).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = c.source();
-    }
-    out
 }
 
 /// The longest wait between failed announces. Short on purpose: a replica

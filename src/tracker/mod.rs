@@ -9,8 +9,7 @@ pub mod protocol;
 pub mod server;
 
 pub use client::{
-    announce, error_chain, run_announce_loop, AnnounceConfig, AnnounceError, AnnounceSignals,
-    TransferStats,
+    announce, run_announce_loop, AnnounceConfig, AnnounceError, AnnounceSignals, TransferStats,
 };
 pub use protocol::{AnnounceRequest, AnnounceResponse, Event};
 pub use server::{routes, Tracker, TrackerConfig};

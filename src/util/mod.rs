@@ -6,13 +6,16 @@
 //!   hard link or copy, private copies of shared files.
 //! - [`time`]: RFC 3339 timestamps with milliseconds, as every API shows them.
 //! - [`lock`]: one process per data or state directory (`flock`).
+//! - [`errors`]: an error with its whole cause chain on one line.
 //! - [`crash`]: named crash points for fault-injection tests (debug builds only).
 
 pub mod crash;
+pub mod errors;
 pub mod fs;
 pub mod lock;
 pub mod time;
 
+pub use self::errors::error_chain;
 pub use self::fs::{link_or_copy, sync_dir, write_atomic};
 pub use self::lock::{DirLock, LockError};
 pub use self::time::{now_rfc3339, rfc3339_in};
@@ -27,6 +30,7 @@ mod tests {
         for (name, text) in [
             ("mod.rs", include_str!("mod.rs")),
             ("crash.rs", include_str!("crash.rs")),
+            ("errors.rs", include_str!("errors.rs")),
             ("fs.rs", include_str!("fs.rs")),
             ("lock.rs", include_str!("lock.rs")),
             ("time.rs", include_str!("time.rs")),

@@ -224,6 +224,8 @@ pub(crate) struct SwarmState {
     /// Hash failures since `last_progress`.
     pub failures: Failures,
     pub stalled: Option<String>,
+    /// The kind of the current stall: logged again only when it changes.
+    pub stall_kind: Option<crate::swarm::stall::StallKind>,
     pub last_stall_check: Instant,
 }
 
@@ -258,6 +260,7 @@ impl SwarmState {
             last_progress: now,
             failures: Failures::default(),
             stalled: None,
+            stall_kind: None,
             last_stall_check: now,
         }
     }

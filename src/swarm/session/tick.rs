@@ -132,10 +132,11 @@ impl SwarmState {
             return false;
         }
         self.last_stall_check = now;
-        let reason = diagnose(&self.stall_facts(now, tracker_error));
-        if self.stalled.as_deref() != Some(reason.as_str()) {
+        let (kind, reason) = diagnose(&self.stall_facts(now, tracker_error));
+        if self.stall_kind != Some(kind) {
             warn!("download stalled: {reason}");
         }
+        self.stall_kind = Some(kind);
         self.stalled = Some(reason);
         true
     }

@@ -49,10 +49,11 @@ impl SwarmState {
 
     fn on_piece_passed(&mut self, piece: u32, digests: Option<Vec<Digest>>, now: Instant) -> bool {
         self.last_progress = now;
-        self.failures.clear();
+        self.failures.passed(piece);
         if self.stalled.take().is_some() {
             info!("download is moving again");
         }
+        self.stall_kind = None;
         if let Some(d) = digests.filter(|_| self.smartban.watching(piece)) {
             for who in self.smartban.on_passed(piece, &d) {
                 self.ban(&who, &format!("sent a corrupt block of piece {piece}"), now);
