@@ -1,0 +1,253 @@
+//! Transmission 3.00 (Debian's `transmission-daemon`) trading with us both
+//! ways, on torrents with and without BEP 47 padding.
+//!
+//! As a leecher Transmission ignores tracker peers on 127/8, so each test
+//! runs it in a network namespace (`netns::Lab`) at `10.78.N.10`; our
+//! tracker and our peer stay in the root namespace on the lab's gateway,
+//! `10.78.N.1`. Facts measured here that shape the tests:
+//! - Transmission keeps one peer per IP address (its peer records are keyed
+//!   by address, not port): with a stale and a live peer on one address it
+//!   may dial only the stale one. So every run gets a fresh tracker and
+//!   shows Transmission exactly one peer of ours.
+//! - Transmission 3.00 predates BEP 47: padding files are ordinary files to
+//!   it. It writes them when it downloads (`tree` ignores `.pad`) and needs
+//!   them on disk to seed an aligned torrent, as aria2 does.
+//! - Transmission 3.00 never creates zero-length files (transmission#417,
+//!   fixed in 4.x), so what it downloads is compared without them.
+//! - Its request pipeline grows with its measured rate, so a few MB take a
+//!   few seconds even on a fast link.
+//!
+//! Namespaces need root; CI runs as root. The lab removes what an
+//! interrupted earlier run left under its prefix, and its drop removes its
+//! namespaces and every process still in them, pass or fail.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use super::{fetch_ok, materialise_pads, our_fetch_on, our_seed_on, Fixture};
+use crate::common::*;
+use crate::netns::{self, Host, Lab};
+
+/// Start-up, verification and Transmission's slow ramp on a few MB.
+const LIMIT: Duration = Duration::from_secs(90);
+/// Transmission's RPC, inside its namespace (nothing else listens there).
+const RPC: &str = "127.0.0.1:9091";
+
+/// Fails loudly unless the namespaces and Transmission can be used.
+fn need_lab() {
+    assert!(
+        netns::is_root(),
+        "the Transmission interop tests build network namespaces and must run as root \
+         (CI does): Transmission ignores peers on 127/8"
+    );
+    need("ip");
+    need("transmission-daemon");
+    need("transmission-remote");
+}
+
+/// One `transmission-daemon` in `host`'s namespace, killed on drop.
+struct Transmission {
+    host: Host,
+    daemon: Proc,
+}
+
+impl Transmission {
+    /// Starts the daemon with DHT, LSD, PEX, uTP, port mapping and
+    /// encryption preference off, torrents going to (or seeded from)
+    /// `data_parent`, and waits for its RPC.
+    fn start(host: &Host, data_parent: &Path, conf: &Path, logs: &Path) -> Transmission {
+        fs::create_dir_all(conf).unwrap();
+        let settings = serde_json::json!({
+            "bind-address-ipv4": host.ip.to_string(),
+            "dht-enabled": false,
+            "lpd-enabled": false,
+            "pex-enabled": false,
+            "utp-enabled": false,
+            "port-forwarding-enabled": false,
+            "encryption": 0,
+            "peer-port": 51413,
+            "peer-port-random-on-start": false,
+            "rpc-enabled": true,
+            "rpc-bind-address": "127.0.0.1",
+            "rpc-port": 9091,
+            "rpc-authentication-required": false,
+            "rpc-whitelist-enabled": false,
+            "rpc-host-whitelist-enabled": false,
+            "download-dir": data_parent,
+            "incomplete-dir-enabled": false,
+            "watch-dir-enabled": false,
+            "start-added-torrents": true,
+            "ratio-limit-enabled": false,
+            "speed-limit-up-enabled": false,
+            "speed-limit-down-enabled": false,
+        });
+        fs::write(conf.join("settings.json"), settings.to_string()).unwrap();
+        let mut c = host.command("transmission-daemon");
+        c.args(["--foreground", "--log-info", "--config-dir"])
+            .arg(conf);
+        let t = Transmission {
+            host: host.clone(),
+            daemon: Proc::spawn(&format!("transmission-{}", host.ns), c, logs),
+        };
+        wait_until(
+            Duration::from_secs(20),
+            "Transmission's RPC to answer",
+            || t.remote(&["--list"]).status.success(),
+        );
+        t
+    }
+
+    fn remote(&self, args: &[&str]) -> Output {
+        let mut c = self.host.command("transmission-remote");
+        c.arg(RPC).args(args);
+        run(c)
+    }
+
+    fn add(&self, torrent: &Path) {
+        let path = torrent.to_str().expect("a UTF-8 test path");
+        let out = self.remote(&["--add", path]);
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("success"),
+            "Transmission refused {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `--info` of one torrent, for the percentage and for failure reports.
+    fn info(&self, hash: &str) -> String {
+        let out = self.remote(&["--torrent", hash, "--info", "--info-peers"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until Transmission holds all of torrent `hash`; on timeout,
+    /// panics with its view of the torrent and the tail of its log.
+    fn wait_complete(&self, hash: &str, limit: Duration, what: &str) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let info = self.info(hash);
+            if percent_done(&info) == Some(100.0) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {limit:?} waiting for {what}\n{info}\nlog:\n{}",
+                    tail(&self.daemon.stderr_text())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the daemon gently (it flushes its write cache on the way out).
+    fn stop(mut self) {
+        self.daemon.signal("TERM");
+        self.daemon.wait(Duration::from_secs(30));
+    }
+}
+
+/// The `Percent Done: 44.0%` line of `transmission-remote --info`.
+fn percent_done(info: &str) -> Option<f64> {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("Percent Done:"))
+        .and_then(|v| v.trim().trim_end_matches('%').parse().ok())
+}
+
+/// `assert_same_tree`, except that zero-length files of `expected` may be
+/// missing from `actual` (Transmission 3.00 does not create them).
+fn assert_same_tree_but_empty_files(expected: &Path, actual: &Path) {
+    let got = tree(actual);
+    let want: Vec<_> = tree(expected)
+        .into_iter()
+        .filter(|(name, data)| !data.is_empty() || got.iter().any(|(n, _)| n == name))
+        .collect();
+    let names = |t: &[(String, Vec<u8>)]| t.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&want),
+        names(&got),
+        "file lists differ (besides empty files): {} vs {}",
+        expected.display(),
+        actual.display()
+    );
+    for ((n, x), (_, y)) in want.iter().zip(got.iter()) {
+        assert!(
+            x == y,
+            "{n} differs between {} and {}",
+            expected.display(),
+            actual.display()
+        );
+    }
+}
+
+#[test]
+fn our_seeder_to_transmission() {
+    need_lab();
+    let mut lab = Lab::new("iswtl", [78, 1]).expect("build the lab network");
+    let host = lab.add_host(None).expect("add Transmission's namespace");
+    let gateway = lab.gateway();
+    for align in [false, true] {
+        let d = test_dir("tr");
+        let (_tracker, url) = start_tracker_on(gateway, &d.path().join("logs"), &[]);
+        let f = Fixture::new(&format!("seed-transmission-{align}"), align, Some(&url));
+        let listen = SocketAddr::from((gateway, free_port()));
+        let _seed = our_seed_on(&f, listen, &[]);
+        let started = Instant::now();
+        let out = f.path("transmission");
+        let tr = Transmission::start(&host, &out, &f.path("tr-conf"), &f.logs());
+        let hash = f.info_hash();
+        tr.add(&f.torrent);
+        tr.wait_complete(
+            &hash,
+            LIMIT,
+            "Transmission (in its namespace) to download from our seeder",
+        );
+        tr.stop();
+        assert_same_tree_but_empty_files(&f.src(), &out.join("snap"));
+        eprintln!("us → Transmission, align {align}: {:?}", started.elapsed());
+    }
+}
+
+#[test]
+fn transmission_seeder_to_our_fetch() {
+    need_lab();
+    let mut lab = Lab::new("iswts", [78, 2]).expect("build the lab network");
+    let host = lab.add_host(None).expect("add Transmission's namespace");
+    let gateway = lab.gateway();
+    for align in [false, true] {
+        let d = test_dir("tr");
+        let (_tracker, url) = start_tracker_on(gateway, &d.path().join("logs"), &[]);
+        let f = Fixture::new(&format!("transmission-fetch-{align}"), align, Some(&url));
+        if align {
+            materialise_pads(&f);
+        }
+        let started = Instant::now();
+        let tr = Transmission::start(&host, &f.src_parent, &f.path("tr-conf"), &f.logs());
+        let hash = f.info_hash();
+        tr.add(&f.torrent);
+        tr.wait_complete(&hash, LIMIT, "Transmission to verify the data it seeds");
+        wait_until(LIMIT, "Transmission to announce itself as a seeder", || {
+            tracker_seeders(&url, &hash) >= Some(1)
+        });
+        let dst = f.path("ours");
+        let listen = SocketAddr::from((gateway, free_port()));
+        let summary = fetch_ok(&f, "fetch", our_fetch_on(&f, &dst, listen, &[], &[]));
+        assert!(summary["downloaded"].as_u64().unwrap() > 0);
+        assert_same_tree(&f.src(), &dst.join("snap"));
+        let secs = started.elapsed();
+        assert!(
+            secs < LIMIT,
+            "Transmission → us took {secs:?} (align {align})"
+        );
+        eprintln!("Transmission → us, align {align}: {secs:?}");
+    }
+}
+
+#[test]
+fn percent_done_reads_transmission_remote_info() {
+    let info = "TRANSFER\n  State: Downloading\n  Percent Done: 44.0%\n  ETA: 2 sec";
+    assert_eq!(percent_done(info), Some(44.0));
+    assert_eq!(percent_done("  Percent Done: 100%\n"), Some(100.0));
+    assert_eq!(percent_done("no torrent"), None);
+}
