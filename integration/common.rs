@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::netns::Host;
+
 /// The `indexswarm` binary Cargo built for these tests.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_indexswarm"))
@@ -17,6 +19,13 @@ pub fn bin() -> PathBuf {
 
 pub fn cmd() -> Command {
     let mut c = Command::new(bin());
+    c.env("RUST_LOG", "info");
+    c
+}
+
+/// `cmd()` run inside a lab host's network namespace.
+pub fn cmd_in(host: &Host) -> Command {
+    let mut c = host.command(bin());
     c.env("RUST_LOG", "info");
     c
 }
@@ -299,14 +308,18 @@ pub fn test_dir(name: &str) -> tempfile::TempDir {
 
 /// Starts `indexswarm tracker` on a free port; returns the process and the announce URL.
 pub fn start_tracker(logs: &Path, extra: &[&str]) -> (Proc, String) {
-    start_tracker_on(Ipv4Addr::LOCALHOST, logs, extra)
+    start_tracker_in(cmd(), Ipv4Addr::LOCALHOST, logs, extra)
 }
 
-/// Starts `indexswarm tracker` on a free port of `ip` (a lab's gateway, so
-/// that hosts in network namespaces reach it).
-pub fn start_tracker_on(ip: Ipv4Addr, logs: &Path, extra: &[&str]) -> (Proc, String) {
+/// Starts `indexswarm tracker` from `c` (`cmd()` or `cmd_in(host)`) on a
+/// free port of `ip`, an address of the namespace it runs in.
+pub fn start_tracker_in(
+    mut c: Command,
+    ip: Ipv4Addr,
+    logs: &Path,
+    extra: &[&str],
+) -> (Proc, String) {
     let port = free_port();
-    let mut c = cmd();
     c.args(["tracker", "--listen", &format!("{ip}:{port}")])
         .args(extra);
     let p = Proc::spawn(&format!("tracker-{port}"), c, logs);

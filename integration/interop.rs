@@ -73,11 +73,11 @@ fn loopback(port: u16) -> SocketAddr {
 }
 
 fn our_seed(f: &Fixture, port: u16, extra: &[&str]) -> Proc {
-    our_seed_on(f, loopback(port), extra)
+    our_seed_in(cmd(), f, loopback(port), extra)
 }
 
-fn our_seed_on(f: &Fixture, listen: SocketAddr, extra: &[&str]) -> Proc {
-    let mut c = cmd();
+/// `indexswarm seed` from `c` (`cmd()` or `cmd_in(host)`), listening on `listen`.
+fn our_seed_in(mut c: Command, f: &Fixture, listen: SocketAddr, extra: &[&str]) -> Proc {
     c.arg("seed")
         .arg(&f.torrent)
         .arg("--dir")
@@ -94,17 +94,18 @@ fn our_seed_on(f: &Fixture, listen: SocketAddr, extra: &[&str]) -> Proc {
 
 fn our_fetch(f: &Fixture, dst: &Path, peers: &[u16], extra: &[&str]) -> Command {
     let peers: Vec<SocketAddr> = peers.iter().map(|&p| loopback(p)).collect();
-    our_fetch_on(f, dst, loopback(free_port()), &peers, extra)
+    our_fetch_in(cmd(), f, dst, loopback(free_port()), &peers, extra)
 }
 
-fn our_fetch_on(
+/// `indexswarm fetch` from `c` (`cmd()` or `cmd_in(host)`), listening on `listen`.
+fn our_fetch_in(
+    mut c: Command,
     f: &Fixture,
     dst: &Path,
     listen: SocketAddr,
     peers: &[SocketAddr],
     extra: &[&str],
 ) -> Command {
-    let mut c = cmd();
     c.arg("fetch").arg(&f.torrent).arg("--dir").arg(dst);
     c.args(["--listen", &listen.to_string()]);
     for p in peers {

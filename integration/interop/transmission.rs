@@ -2,9 +2,11 @@
 //! ways, on torrents with and without BEP 47 padding.
 //!
 //! As a leecher Transmission ignores tracker peers on 127/8, so each test
-//! runs it in a network namespace (`netns::Lab`) at `10.78.N.10`; our
-//! tracker and our peer stay in the root namespace on the lab's gateway,
-//! `10.78.N.1`. Facts measured here that shape the tests:
+//! builds a lab (`netns::Lab`) of two hosts: ours at `10.78.N.10` (our
+//! tracker and our peer) and Transmission's at `10.78.N.11`. Keeping our
+//! processes in a namespace too means that the cleanup of an interrupted
+//! run finds and kills them as well. Facts measured here that shape the
+//! tests:
 //! - Transmission keeps one peer per IP address (its peer records are keyed
 //!   by address, not port): with a stale and a live peer on one address it
 //!   may dial only the stale one. So every run gets a fresh tracker and
@@ -14,8 +16,9 @@
 //!   them on disk to seed an aligned torrent, as aria2 does.
 //! - Transmission 3.00 never creates zero-length files (transmission#417,
 //!   fixed in 4.x), so what it downloads is compared without them.
-//! - Its request pipeline grows with its measured rate, so a few MB take a
-//!   few seconds even on a fast link.
+//! - It decides which peers it is interested in every 10 s (its rechoke
+//!   pulse), and its request pipeline grows with its measured rate: a few
+//!   MB take 10–17 s whatever the link.
 //!
 //! Namespaces need root; CI runs as root. The lab removes what an
 //! interrupted earlier run left under its prefix, and its drop removes its
@@ -27,7 +30,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use super::{fetch_ok, materialise_pads, our_fetch_on, our_seed_on, Fixture};
+use super::{fetch_ok, materialise_pads, our_fetch_in, our_seed_in, Fixture};
 use crate::common::*;
 use crate::netns::{self, Host, Lab};
 
@@ -36,8 +39,17 @@ const LIMIT: Duration = Duration::from_secs(90);
 /// Transmission's RPC, inside its namespace (nothing else listens there).
 const RPC: &str = "127.0.0.1:9091";
 
-/// Fails loudly unless the namespaces and Transmission can be used.
-fn need_lab() {
+/// A test's lab: our host and Transmission's. Dropped last, it removes both
+/// namespaces and whatever still runs in them.
+struct Net {
+    ours: Host,
+    theirs: Host,
+    _lab: Lab,
+}
+
+/// Builds the lab `prefix` on 10.78.`subnet`.0/24, after checking that
+/// namespaces and Transmission can be used (failing loudly if not).
+fn net(prefix: &str, subnet: u8) -> Net {
     assert!(
         netns::is_root(),
         "the Transmission interop tests build network namespaces and must run as root \
@@ -46,6 +58,14 @@ fn need_lab() {
     need("ip");
     need("transmission-daemon");
     need("transmission-remote");
+    let mut lab = Lab::new(prefix, [78, subnet]).expect("build the lab network");
+    let ours = lab.add_host(None).expect("add our namespace");
+    let theirs = lab.add_host(None).expect("add Transmission's namespace");
+    Net {
+        ours,
+        theirs,
+        _lab: lab,
+    }
 }
 
 /// One `transmission-daemon` in `host`'s namespace, killed on drop.
@@ -183,26 +203,20 @@ fn assert_same_tree_but_empty_files(expected: &Path, actual: &Path) {
 
 #[test]
 fn our_seeder_to_transmission() {
-    need_lab();
-    let mut lab = Lab::new("iswtl", [78, 1]).expect("build the lab network");
-    let host = lab.add_host(None).expect("add Transmission's namespace");
-    let gateway = lab.gateway();
+    let net = net("iswtl", 1);
     for align in [false, true] {
         let d = test_dir("tr");
-        let (_tracker, url) = start_tracker_on(gateway, &d.path().join("logs"), &[]);
+        let (_tracker, url) =
+            start_tracker_in(cmd_in(&net.ours), net.ours.ip, &d.path().join("logs"), &[]);
         let f = Fixture::new(&format!("seed-transmission-{align}"), align, Some(&url));
-        let listen = SocketAddr::from((gateway, free_port()));
-        let _seed = our_seed_on(&f, listen, &[]);
+        let listen = SocketAddr::from((net.ours.ip, free_port()));
+        let _seed = our_seed_in(cmd_in(&net.ours), &f, listen, &[]);
         let started = Instant::now();
         let out = f.path("transmission");
-        let tr = Transmission::start(&host, &out, &f.path("tr-conf"), &f.logs());
+        let tr = Transmission::start(&net.theirs, &out, &f.path("tr-conf"), &f.logs());
         let hash = f.info_hash();
         tr.add(&f.torrent);
-        tr.wait_complete(
-            &hash,
-            LIMIT,
-            "Transmission (in its namespace) to download from our seeder",
-        );
+        tr.wait_complete(&hash, LIMIT, "Transmission to download from our seeder");
         tr.stop();
         assert_same_tree_but_empty_files(&f.src(), &out.join("snap"));
         eprintln!("us → Transmission, align {align}: {:?}", started.elapsed());
@@ -211,19 +225,17 @@ fn our_seeder_to_transmission() {
 
 #[test]
 fn transmission_seeder_to_our_fetch() {
-    need_lab();
-    let mut lab = Lab::new("iswts", [78, 2]).expect("build the lab network");
-    let host = lab.add_host(None).expect("add Transmission's namespace");
-    let gateway = lab.gateway();
+    let net = net("iswts", 2);
     for align in [false, true] {
         let d = test_dir("tr");
-        let (_tracker, url) = start_tracker_on(gateway, &d.path().join("logs"), &[]);
+        let (_tracker, url) =
+            start_tracker_in(cmd_in(&net.ours), net.ours.ip, &d.path().join("logs"), &[]);
         let f = Fixture::new(&format!("transmission-fetch-{align}"), align, Some(&url));
         if align {
             materialise_pads(&f);
         }
         let started = Instant::now();
-        let tr = Transmission::start(&host, &f.src_parent, &f.path("tr-conf"), &f.logs());
+        let tr = Transmission::start(&net.theirs, &f.src_parent, &f.path("tr-conf"), &f.logs());
         let hash = f.info_hash();
         tr.add(&f.torrent);
         tr.wait_complete(&hash, LIMIT, "Transmission to verify the data it seeds");
@@ -231,8 +243,9 @@ fn transmission_seeder_to_our_fetch() {
             tracker_seeders(&url, &hash) >= Some(1)
         });
         let dst = f.path("ours");
-        let listen = SocketAddr::from((gateway, free_port()));
-        let summary = fetch_ok(&f, "fetch", our_fetch_on(&f, &dst, listen, &[], &[]));
+        let listen = SocketAddr::from((net.ours.ip, free_port()));
+        let fetch = our_fetch_in(cmd_in(&net.ours), &f, &dst, listen, &[], &[]);
+        let summary = fetch_ok(&f, "fetch", fetch);
         assert!(summary["downloaded"].as_u64().unwrap() > 0);
         assert_same_tree(&f.src(), &dst.join("snap"));
         let secs = started.elapsed();
