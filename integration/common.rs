@@ -296,11 +296,13 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
 
 /// A directory for one test, removed at the end unless KEEP_TEST_DIRS is set.
 pub fn test_dir(name: &str) -> tempfile::TempDir {
+    let keep = std::env::var_os("KEEP_TEST_DIRS").is_some();
     let d = tempfile::Builder::new()
         .prefix(&format!("isw-{name}-"))
+        .disable_cleanup(keep)
         .tempdir()
         .unwrap();
-    if std::env::var_os("KEEP_TEST_DIRS").is_some() {
+    if keep {
         eprintln!("test dir: {}", d.path().display());
     }
     d
