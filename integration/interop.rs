@@ -116,11 +116,16 @@ fn our_fetch_in(
 }
 
 fn fetch_ok(f: &Fixture, name: &str, c: Command) -> serde_json::Value {
-    let mut p = Proc::spawn(name, c, &f.logs());
+    fetch_summary(&mut Proc::spawn(name, c, &f.logs()))
+}
+
+/// Waits (up to `LIMIT`) for a running fetch to succeed; its JSON summary.
+fn fetch_summary(p: &mut Proc) -> serde_json::Value {
     let status = p.wait(LIMIT);
     assert!(
         status.success(),
-        "{name} failed:\n{}",
+        "{} failed:\n{}",
+        p.name,
         tail(&p.stderr_text())
     );
     serde_json::from_str(p.stdout_text().lines().last().unwrap_or("{}"))

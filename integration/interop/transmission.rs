@@ -16,9 +16,11 @@
 //!   them on disk to seed an aligned torrent, as aria2 does.
 //! - Transmission 3.00 never creates zero-length files (transmission#417,
 //!   fixed in 4.x), so what it downloads is compared without them.
-//! - It decides which peers it is interested in every 10 s (its rechoke
-//!   pulse), and its request pipeline grows with its measured rate: a few
-//!   MB take 10–17 s whatever the link.
+//! - It decides whom it is interested in and whom it unchokes every 10 s
+//!   (its rechoke pulse), and its request pipeline grows with its measured
+//!   rate: a few MB take 10–17 s whatever the link. So each test trades
+//!   both torrents (aligned or not) at once, with one daemon: its peer
+//!   records are per torrent, so our two peers on one address are fine.
 //!
 //! Namespaces need root; CI runs as root. The lab removes what an
 //! interrupted earlier run left under its prefix, and its drop removes its
@@ -30,7 +32,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use super::{fetch_ok, materialise_pads, our_fetch_in, our_seed_in, Fixture};
+use super::{fetch_summary, materialise_pads, our_fetch_in, our_seed_in, Fixture};
 use crate::common::*;
 use crate::netns::{self, Host, Lab};
 
@@ -38,6 +40,8 @@ use crate::netns::{self, Host, Lab};
 const LIMIT: Duration = Duration::from_secs(90);
 /// Transmission's RPC, inside its namespace (nothing else listens there).
 const RPC: &str = "127.0.0.1:9091";
+/// Every test covers a torrent without BEP 47 padding and one with.
+const ALIGNS: [bool; 2] = [false, true];
 
 /// A test's lab: our host and Transmission's. Dropped last, it removes both
 /// namespaces and whatever still runs in them.
@@ -76,9 +80,8 @@ struct Transmission {
 
 impl Transmission {
     /// Starts the daemon with DHT, LSD, PEX, uTP, port mapping and
-    /// encryption preference off, torrents going to (or seeded from)
-    /// `data_parent`, and waits for its RPC.
-    fn start(host: &Host, data_parent: &Path, conf: &Path, logs: &Path) -> Transmission {
+    /// encryption preference off, and waits for its RPC.
+    fn start(host: &Host, conf: &Path, logs: &Path) -> Transmission {
         fs::create_dir_all(conf).unwrap();
         let settings = serde_json::json!({
             "bind-address-ipv4": host.ip.to_string(),
@@ -96,7 +99,7 @@ impl Transmission {
             "rpc-authentication-required": false,
             "rpc-whitelist-enabled": false,
             "rpc-host-whitelist-enabled": false,
-            "download-dir": data_parent,
+            "download-dir": conf.join("downloads"),
             "incomplete-dir-enabled": false,
             "watch-dir-enabled": false,
             "start-added-torrents": true,
@@ -126,9 +129,12 @@ impl Transmission {
         run(c)
     }
 
-    fn add(&self, torrent: &Path) {
+    /// Adds `torrent`, its data in (or going to) `parent`/name.
+    fn add(&self, torrent: &Path, parent: &Path) {
         let path = torrent.to_str().expect("a UTF-8 test path");
-        let out = self.remote(&["--add", path]);
+        let parent = parent.to_str().expect("a UTF-8 test path");
+        // `--download-dir` after `--add` applies to that torrent.
+        let out = self.remote(&["--add", path, "--download-dir", parent]);
         assert!(
             out.status.success() && String::from_utf8_lossy(&out.stdout).contains("success"),
             "Transmission refused {path}: {}",
@@ -142,15 +148,17 @@ impl Transmission {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Waits until Transmission holds all of torrent `hash`; on timeout,
-    /// panics with its view of the torrent and the tail of its log.
-    fn wait_complete(&self, hash: &str, limit: Duration, what: &str) {
+    /// Waits until Transmission holds all of every torrent in `hashes`; on
+    /// timeout, panics with its view of the first one it lacks and the tail
+    /// of its log.
+    fn wait_complete(&self, hashes: &[String], limit: Duration, what: &str) {
         let deadline = Instant::now() + limit;
         loop {
-            let info = self.info(hash);
-            if percent_done(&info) == Some(100.0) {
-                return;
-            }
+            let lacking = hashes
+                .iter()
+                .map(|h| self.info(h))
+                .find(|info| percent_done(info) != Some(100.0));
+            let Some(info) = lacking else { return };
             if Instant::now() > deadline {
                 panic!(
                     "timed out after {limit:?} waiting for {what}\n{info}\nlog:\n{}",
@@ -204,57 +212,59 @@ fn assert_same_tree_but_empty_files(expected: &Path, actual: &Path) {
 #[test]
 fn our_seeder_to_transmission() {
     let net = net("iswtl", 1);
-    for align in [false, true] {
-        let d = test_dir("tr");
-        let (_tracker, url) =
-            start_tracker_in(cmd_in(&net.ours), net.ours.ip, &d.path().join("logs"), &[]);
-        let f = Fixture::new(&format!("seed-transmission-{align}"), align, Some(&url));
+    let d = test_dir("tr");
+    let logs = d.path().join("logs");
+    let (_tracker, url) = start_tracker_in(cmd_in(&net.ours), net.ours.ip, &logs, &[]);
+    let fixtures = ALIGNS.map(|a| Fixture::new(&format!("seed-transmission-{a}"), a, Some(&url)));
+    let _seeds = fixtures.each_ref().map(|f| {
         let listen = SocketAddr::from((net.ours.ip, free_port()));
-        let _seed = our_seed_in(cmd_in(&net.ours), &f, listen, &[]);
-        let started = Instant::now();
-        let out = f.path("transmission");
-        let tr = Transmission::start(&net.theirs, &out, &f.path("tr-conf"), &f.logs());
-        let hash = f.info_hash();
-        tr.add(&f.torrent);
-        tr.wait_complete(&hash, LIMIT, "Transmission to download from our seeder");
-        tr.stop();
-        assert_same_tree_but_empty_files(&f.src(), &out.join("snap"));
-        eprintln!("us → Transmission, align {align}: {:?}", started.elapsed());
+        our_seed_in(cmd_in(&net.ours), f, listen, &[])
+    });
+    let started = Instant::now();
+    let tr = Transmission::start(&net.theirs, &d.path().join("tr-conf"), &logs);
+    let hashes = fixtures.each_ref().map(|f| {
+        tr.add(&f.torrent, &f.path("transmission"));
+        f.info_hash()
+    });
+    tr.wait_complete(&hashes, LIMIT, "Transmission to download from our seeders");
+    tr.stop();
+    for f in &fixtures {
+        assert_same_tree_but_empty_files(&f.src(), &f.path("transmission/snap"));
     }
+    eprintln!("us → Transmission, both torrents: {:?}", started.elapsed());
 }
 
 #[test]
 fn transmission_seeder_to_our_fetch() {
     let net = net("iswts", 2);
-    for align in [false, true] {
-        let d = test_dir("tr");
-        let (_tracker, url) =
-            start_tracker_in(cmd_in(&net.ours), net.ours.ip, &d.path().join("logs"), &[]);
-        let f = Fixture::new(&format!("transmission-fetch-{align}"), align, Some(&url));
-        if align {
-            materialise_pads(&f);
-        }
-        let started = Instant::now();
-        let tr = Transmission::start(&net.theirs, &f.src_parent, &f.path("tr-conf"), &f.logs());
-        let hash = f.info_hash();
-        tr.add(&f.torrent);
-        tr.wait_complete(&hash, LIMIT, "Transmission to verify the data it seeds");
-        wait_until(LIMIT, "Transmission to announce itself as a seeder", || {
-            tracker_seeders(&url, &hash) >= Some(1)
-        });
-        let dst = f.path("ours");
+    let d = test_dir("tr");
+    let logs = d.path().join("logs");
+    let (_tracker, url) = start_tracker_in(cmd_in(&net.ours), net.ours.ip, &logs, &[]);
+    let fixtures = ALIGNS.map(|a| Fixture::new(&format!("transmission-fetch-{a}"), a, Some(&url)));
+    materialise_pads(&fixtures[1]);
+    let started = Instant::now();
+    let tr = Transmission::start(&net.theirs, &d.path().join("tr-conf"), &logs);
+    let hashes = fixtures.each_ref().map(|f| {
+        tr.add(&f.torrent, &f.src_parent);
+        f.info_hash()
+    });
+    tr.wait_complete(&hashes, LIMIT, "Transmission to verify the data it seeds");
+    wait_until(LIMIT, "Transmission to announce itself as a seeder", || {
+        hashes.iter().all(|h| tracker_seeders(&url, h) >= Some(1))
+    });
+    let mut fetches = fixtures.each_ref().map(|f| {
         let listen = SocketAddr::from((net.ours.ip, free_port()));
-        let fetch = our_fetch_in(cmd_in(&net.ours), &f, &dst, listen, &[], &[]);
-        let summary = fetch_ok(&f, "fetch", fetch);
+        let c = our_fetch_in(cmd_in(&net.ours), f, &f.path("ours"), listen, &[], &[]);
+        Proc::spawn("fetch", c, &f.logs())
+    });
+    for (f, p) in fixtures.iter().zip(fetches.iter_mut()) {
+        let summary = fetch_summary(p);
         assert!(summary["downloaded"].as_u64().unwrap() > 0);
-        assert_same_tree(&f.src(), &dst.join("snap"));
-        let secs = started.elapsed();
-        assert!(
-            secs < LIMIT,
-            "Transmission → us took {secs:?} (align {align})"
-        );
-        eprintln!("Transmission → us, align {align}: {secs:?}");
+        assert_same_tree(&f.src(), &f.path("ours/snap"));
     }
+    let secs = started.elapsed();
+    assert!(secs < LIMIT, "Transmission → us took {secs:?}");
+    eprintln!("Transmission → us, both torrents: {secs:?}");
 }
 
 #[test]
