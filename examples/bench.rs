@@ -868,7 +868,20 @@ fn sh(cmd: &str) -> Result<()> {
 
 impl Netns {
     fn up(n: usize, mbit: u64) -> Result<Netns> {
-        Self::cleanup(64);
+        Self::cleanup_stale();
+        // The kernel's ARP table is shared by every namespace, and its
+        // default hard limit (gc_thresh3 = 1024 entries) is smaller than a
+        // full mesh of 65 namespaces (65 × 64 neighbours): past it, a
+        // namespace cannot resolve anyone new and its packets are dropped
+        // before they leave ("neighbor table overflow" in dmesg). That, not
+        // the tracker, made announces time out at 64 leechers.
+        let mesh = (n + 1) * (n + 1);
+        sh(&format!(
+            "sysctl -qw net.ipv4.neigh.default.gc_thresh1={} net.ipv4.neigh.default.gc_thresh2={} net.ipv4.neigh.default.gc_thresh3={}",
+            mesh.max(128),
+            (2 * mesh).max(512),
+            (4 * mesh).max(1024)
+        ))?;
         sh(&format!("ip link add {BRIDGE} type bridge && ip addr add 10.77.0.1/24 dev {BRIDGE} && ip link set {BRIDGE} up"))?;
         for i in 0..n {
             let ip = format!("10.77.0.{}", 10 + i);
@@ -881,6 +894,23 @@ impl Netns {
             ))?;
         }
         Ok(Netns { n })
+    }
+
+    /// Removes every `isw*` namespace and the bridge a killed run left.
+    fn cleanup_stale() {
+        let list = Command::new("ip").args(["netns", "list"]).output();
+        let text = list
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for name in text.lines().filter_map(|l| l.split_whitespace().next()) {
+            let ours = name
+                .strip_prefix("isw")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if ours {
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
+        Self::cleanup(0);
     }
 
     fn cleanup(n: usize) {

@@ -6,11 +6,13 @@
 mod bounds;
 mod common;
 mod hostile;
+mod integrity;
 mod interop;
 mod master;
 mod netns;
 mod replica;
 mod search;
 mod strangers;
+mod swarm;
 mod torrents;
 mod tracker;

@@ -20,25 +20,30 @@ use crate::common::*;
 use crate::hostile::{spawn_hostile, Misbehaviour};
 
 /// Startup of a process (binary, bound ports).
-const START: Duration = Duration::from_secs(30);
+pub(crate) const START: Duration = Duration::from_secs(30);
 /// A snapshot settling and being hashed by the master on a busy machine.
-const PUBLISH: Duration = Duration::from_secs(30);
+pub(crate) const PUBLISH: Duration = Duration::from_secs(30);
 /// Tens of MB replicated on loopback (some tests rate-limit on purpose).
-const REPLICATE: Duration = Duration::from_secs(60);
+pub(crate) const REPLICATE: Duration = Duration::from_secs(60);
 
-const MB: u64 = 1 << 20;
+pub(crate) const MB: u64 = 1 << 20;
 
 // ---------------------------------------------------------------- HTTP
 
 /// One request; `None` when nothing answered.
-fn http(method: &str, url: &str, body: Option<&str>) -> Option<(u16, Vec<u8>)> {
+pub(crate) fn http(method: &str, url: &str, body: Option<&str>) -> Option<(u16, Vec<u8>)> {
     let r = request(method, url, body, None);
     (r.status != 0).then_some((r.status, r.body))
 }
 
 /// Polls `ok` like `wait_until`, but a timeout panics with `diag()` (the
 /// replica's status and log), which says far more than "timed out".
-fn wait_or(limit: Duration, what: &str, mut ok: impl FnMut() -> bool, diag: impl Fn() -> String) {
+pub(crate) fn wait_or(
+    limit: Duration,
+    what: &str,
+    mut ok: impl FnMut() -> bool,
+    diag: impl Fn() -> String,
+) {
     let deadline = Instant::now() + limit;
     while !ok() {
         if Instant::now() > deadline {
@@ -50,7 +55,7 @@ fn wait_or(limit: Duration, what: &str, mut ok: impl FnMut() -> bool, diag: impl
 
 /// Two distinct ports that were free a moment ago (`free_port()` twice can
 /// hand out the same port: the first socket is closed before the second bind).
-fn two_ports() -> (u16, u16) {
+pub(crate) fn two_ports() -> (u16, u16) {
     let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     (
@@ -61,21 +66,21 @@ fn two_ports() -> (u16, u16) {
 
 // ---------------------------------------------------------------- the master
 
-struct Master {
-    proc: Proc,
-    http_port: u16,
-    peer_port: u16,
-    url: String,
-    snaps: PathBuf,
-    staging: PathBuf,
-    logs: PathBuf,
-    extra: Vec<String>,
-    starts: usize,
+pub(crate) struct Master {
+    pub(crate) proc: Proc,
+    pub(crate) http_port: u16,
+    pub(crate) peer_port: u16,
+    pub(crate) url: String,
+    pub(crate) snaps: PathBuf,
+    pub(crate) staging: PathBuf,
+    pub(crate) logs: PathBuf,
+    pub(crate) extra: Vec<String>,
+    pub(crate) starts: usize,
     /// version → the snapshot directory it was published from.
-    versions: BTreeMap<u64, PathBuf>,
+    pub(crate) versions: BTreeMap<u64, PathBuf>,
 }
 
-fn master_proc(
+pub(crate) fn master_proc(
     snaps: &Path,
     logs: &Path,
     http_port: u16,
@@ -98,7 +103,7 @@ fn master_proc(
 }
 
 impl Master {
-    fn start(root: &Path, extra: &[&str]) -> Master {
+    pub(crate) fn start(root: &Path, extra: &[&str]) -> Master {
         let snaps = root.join("snapshots");
         let staging = root.join("staging");
         fs::create_dir_all(&snaps).unwrap();
@@ -123,7 +128,7 @@ impl Master {
         m
     }
 
-    fn wait_healthy(&self) {
+    pub(crate) fn wait_healthy(&self) {
         wait_or(
             START,
             "the master's /healthz",
@@ -133,7 +138,7 @@ impl Master {
     }
 
     /// The same directories and ports, a new process.
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.proc = master_proc(
             &self.snaps,
             &self.logs,
@@ -146,14 +151,14 @@ impl Master {
         self.wait_healthy();
     }
 
-    fn latest(&self) -> Option<Value> {
+    pub(crate) fn latest(&self) -> Option<Value> {
         get_json(&format!("{}/versions/latest", self.url))
     }
 
     /// Builds a snapshot in the staging directory, renames it into the
     /// snapshots directory (so the master never sees it half-written) and
     /// waits until it is published. Returns its version number.
-    fn publish(&mut self, name: &str, build: impl FnOnce(&Path)) -> u64 {
+    pub(crate) fn publish(&mut self, name: &str, build: impl FnOnce(&Path)) -> u64 {
         let staged = self.staging.join(name);
         build(&staged);
         let dir = self.snaps.join(name);
@@ -179,25 +184,25 @@ impl Master {
     }
 
     /// A generated Lucene-shaped snapshot of about `size` bytes.
-    fn publish_new(&mut self, name: &str, size: u64, seed: u64) -> u64 {
+    pub(crate) fn publish_new(&mut self, name: &str, size: u64, seed: u64) -> u64 {
         self.publish(name, |d| {
             indexswarm::demo::generate_snapshot(d, size, seed).unwrap()
         })
     }
 
     /// The next commit after version `prev`: one new segment, a new commit point.
-    fn publish_next(&mut self, prev: u64, name: &str, new_bytes: u64, seed: u64) -> u64 {
+    pub(crate) fn publish_next(&mut self, prev: u64, name: &str, new_bytes: u64, seed: u64) -> u64 {
         let from = self.versions[&prev].clone();
         self.publish(name, |d| {
             indexswarm::demo::next_snapshot(&from, d, new_bytes, seed).unwrap()
         })
     }
 
-    fn snapshot(&self, v: u64) -> &Path {
+    pub(crate) fn snapshot(&self, v: u64) -> &Path {
         &self.versions[&v]
     }
 
-    fn torrent_bytes(&self, v: u64) -> Vec<u8> {
+    pub(crate) fn torrent_bytes(&self, v: u64) -> Vec<u8> {
         let (status, body) = http("GET", &format!("{}/versions/{v}/torrent", self.url), None)
             .expect("the master answers");
         assert_eq!(status, 200, "GET /versions/{v}/torrent");
@@ -207,42 +212,21 @@ impl Master {
 
 // ---------------------------------------------------------------- replicas
 
-struct Replica {
-    proc: Proc,
-    url: String,
-    data: PathBuf,
+pub(crate) struct Replica {
+    pub(crate) proc: Proc,
+    pub(crate) url: String,
+    pub(crate) data: PathBuf,
 }
 
 /// Starts `indexswarm replica` on fresh ports and waits for `/healthz`.
-fn start_replica(
+pub(crate) fn start_replica(
     m: &Master,
     data: &Path,
     name: &str,
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Replica {
-    let (http_port, peer_port) = two_ports();
-    let mut c = cmd();
-    c.args(["replica", "--master-url", &m.url, "--data-dir"])
-        .arg(data);
-    c.args([
-        "--http-listen",
-        &format!("127.0.0.1:{http_port}"),
-        "--peer-listen",
-        &format!("127.0.0.1:{peer_port}"),
-    ]);
-    if !extra.contains(&"--poll-interval-secs") {
-        c.args(["--poll-interval-secs", "1"]);
-    }
-    c.args(extra);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let mut r = Replica {
-        proc: Proc::spawn(name, c, &m.logs),
-        url: format!("http://127.0.0.1:{http_port}"),
-        data: data.to_path_buf(),
-    };
+    let mut r = spawn_replica(&m.url, &m.logs, data, name, extra, env);
     let url = format!("{}/healthz", r.url);
     let deadline = Instant::now() + START;
     loop {
@@ -262,17 +246,51 @@ fn start_replica(
     r
 }
 
+/// Starts `indexswarm replica` following `master_url` on fresh ports,
+/// without waiting for anything (it may be meant to exit at once).
+pub(crate) fn spawn_replica(
+    master_url: &str,
+    logs: &Path,
+    data: &Path,
+    name: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Replica {
+    let (http_port, peer_port) = two_ports();
+    let mut c = cmd();
+    c.args(["replica", "--master-url", master_url, "--data-dir"])
+        .arg(data);
+    c.args([
+        "--http-listen",
+        &format!("127.0.0.1:{http_port}"),
+        "--peer-listen",
+        &format!("127.0.0.1:{peer_port}"),
+    ]);
+    if !extra.contains(&"--poll-interval-secs") {
+        c.args(["--poll-interval-secs", "1"]);
+    }
+    c.args(extra);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    Replica {
+        proc: Proc::spawn(name, c, logs),
+        url: format!("http://127.0.0.1:{http_port}"),
+        data: data.to_path_buf(),
+    }
+}
+
 impl Replica {
-    fn try_status(&self) -> Option<Value> {
+    pub(crate) fn try_status(&self) -> Option<Value> {
         get_json(&format!("{}/status", self.url))
     }
 
-    fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         self.try_status()
             .unwrap_or_else(|| panic!("{}: no /status\n{}", self.proc.name, self.diag()))
     }
 
-    fn diag(&self) -> String {
+    pub(crate) fn diag(&self) -> String {
         format!(
             "{} status: {}\nstderr:\n{}",
             self.proc.name,
@@ -283,7 +301,12 @@ impl Replica {
         )
     }
 
-    fn wait_status(&self, limit: Duration, what: &str, mut ok: impl FnMut(&Value) -> bool) {
+    pub(crate) fn wait_status(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut ok: impl FnMut(&Value) -> bool,
+    ) {
         wait_or(
             limit,
             &format!("{}: {what}", self.proc.name),
@@ -292,14 +315,14 @@ impl Replica {
         );
     }
 
-    fn wait_version(&self, v: u64, limit: Duration) {
+    pub(crate) fn wait_version(&self, v: u64, limit: Duration) {
         self.wait_status(limit, &format!("version {v} live"), |s| {
             s["current_version"] == v && s["state"] == "idle"
         });
     }
 
     /// kill -9; says where it landed (the last status seen) on stderr.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let seen = self.try_status();
         self.proc.signal("KILL");
         if let Some(s) = seen {
@@ -312,7 +335,7 @@ impl Replica {
     }
 
     /// kill -9 without a status request first (for kills timed to the millisecond).
-    fn kill_now(&mut self) {
+    pub(crate) fn kill_now(&mut self) {
         // Child::kill is SIGKILL, sent directly (no `kill` process to start).
         let _ = self.proc.child.kill();
         self.proc.wait(Duration::from_secs(10));
@@ -324,7 +347,7 @@ impl Replica {
 /// The crash-safety invariant: `DATA/current` does not exist, or it is a
 /// symlink to `versions/<n>`, that directory exists, and its files are
 /// byte-identical to the master's snapshot of version n. Returns n.
-fn assert_live_is_complete(m: &Master, data: &Path, when: &str) -> Option<u64> {
+pub(crate) fn assert_live_is_complete(m: &Master, data: &Path, when: &str) -> Option<u64> {
     let cur = data.join("current");
     match fs::symlink_metadata(&cur) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -352,7 +375,7 @@ fn assert_live_is_complete(m: &Master, data: &Path, when: &str) -> Option<u64> {
 }
 
 /// Names under `DATA` and `DATA/versions` that only a crash leaves behind.
-fn leftovers(data: &Path) -> Vec<String> {
+pub(crate) fn leftovers(data: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for d in [data.to_path_buf(), data.join("versions")] {
         for e in fs::read_dir(&d).into_iter().flatten().flatten() {
@@ -365,12 +388,12 @@ fn leftovers(data: &Path) -> Vec<String> {
     out
 }
 
-fn is_hex40(v: &Value) -> bool {
+pub(crate) fn is_hex40(v: &Value) -> bool {
     v.as_str()
         .is_some_and(|s| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-fn is_rfc3339(v: &Value) -> bool {
+pub(crate) fn is_rfc3339(v: &Value) -> bool {
     v.as_str().is_some_and(|s| {
         time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_ok()
     })
@@ -839,13 +862,13 @@ fn corrupt_peer_in_the_swarm_is_banned_and_replicas_converge() {
 /// An HTTP stand-in for Solr's core-admin API: records every request line
 /// and answers with the status code set in `status`. (No Solr server is in
 /// reach of these tests; the contract is the URL the replica calls.)
-struct StandIn {
-    port: u16,
-    requests: Arc<Mutex<Vec<String>>>,
-    status: Arc<AtomicU16>,
+pub(crate) struct StandIn {
+    pub(crate) port: u16,
+    pub(crate) requests: Arc<Mutex<Vec<String>>>,
+    pub(crate) status: Arc<AtomicU16>,
 }
 
-fn start_standin() -> StandIn {
+pub(crate) fn start_standin() -> StandIn {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let requests = Arc::new(Mutex::new(Vec::new()));
@@ -887,14 +910,14 @@ fn start_standin() -> StandIn {
     }
 }
 
-fn solr_index_dir(core: &Path) -> Option<String> {
+pub(crate) fn solr_index_dir(core: &Path) -> Option<String> {
     let text = fs::read_to_string(core.join("index.properties")).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("index="))
         .map(str::to_string)
 }
 
-fn is_solr_index_name(n: &str) -> bool {
+pub(crate) fn is_solr_index_name(n: &str) -> bool {
     n.strip_prefix("index.")
         .is_some_and(|ts| ts.len() == 17 && ts.bytes().all(|b| b.is_ascii_digit()))
 }

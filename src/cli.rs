@@ -594,7 +594,7 @@ async fn create(a: CreateArgs) -> Result<()> {
     let out = a
         .output
         .unwrap_or_else(|| PathBuf::from(format!("{}.torrent", built.meta.name)));
-    write_atomically(&out, &built.bytes)
+    crate::util::write_atomic(&out, &built.bytes)
         .with_context(|| format!("cannot write {}", out.display()))?;
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
@@ -608,21 +608,6 @@ async fn create(a: CreateArgs) -> Result<()> {
         built.meta.data_length() as f64 / secs.max(1e-9) / 1e6
     );
     println!("{}", built.meta.info_hash);
-    Ok(())
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, so a
-/// reader never sees half a file.
-pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => std::path::Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 

@@ -5,6 +5,8 @@
 //! before it):
 //!
 //! - [`units`]: sizes and rates (`10M`).
+//! - [`util`]: the leaf of shared helpers: atomic writes, links, RFC 3339
+//!   time, directory locks, crash points for tests.
 //! - [`metainfo`]: torrents: build, parse, validate, piece ↔ file layout.
 //! - [`tracker`]: the HTTP tracker server and the announce client.
 //! - [`source`]: load a torrent from a path or URL.
@@ -25,3 +27,4 @@ pub mod swarm;
 pub mod telemetry;
 pub mod tracker;
 pub mod units;
+pub mod util;

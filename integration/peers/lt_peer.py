@@ -7,7 +7,7 @@ Run with Debian's /usr/bin/python3 (python3-libtorrent lives there).
   lt_peer.py check T.torrent PARENT          -> JSON: libtorrent's own check of the data
   lt_peer.py make DIR OUT.torrent [--align] [--piece-length N] [--announce URL]
   lt_peer.py seed T.torrent PARENT --port P [--peer H:P]... [--upload-limit B]
-  lt_peer.py leech T.torrent PARENT --port P [--peer H:P]... [--timeout S] [--seed-after]
+  lt_peer.py leech T.torrent PARENT --port P [--peer H:P]... [--timeout S] [--seed-after] [--report-peers]
 
 `seed` runs until killed; `leech` exits 0 once the download is complete and
 prints a JSON line with the time taken. Settings follow
@@ -118,7 +118,13 @@ def cmd_leech(a):
     start = time.time()
     h = add(ses, a.torrent, a.parent, a.peer)
     deadline = start + a.timeout
+    last_report = 0.0
     while time.time() < deadline:
+        if a.report_peers and time.time() - last_report >= 0.5:
+            last_report = time.time()
+            # peer_info.source flags: 1 tracker, 2 dht, 4 pex, 8 lsd, 16 resume, 32 incoming.
+            peers = [{"addr": "%s:%d" % p.ip, "pex": bool(p.source & 4)} for p in h.get_peer_info()]
+            print(json.dumps({"peers": peers}), flush=True)
         s = h.status()
         if s.is_seeding:
             took = time.time() - start
@@ -152,6 +158,8 @@ def main():
         s.add_argument("--seed-after", action="store_true")
         s.add_argument("--seed-mode", action="store_true")
         s.add_argument("--bind", default="127.0.0.1")
+        s.add_argument("--report-peers", action="store_true",
+                       help="leech: print the connected peers (and whether PEX named them) twice a second")
     a = p.parse_args()
     return {"info": cmd_info, "check": cmd_check, "make": cmd_make, "seed": cmd_seed, "leech": cmd_leech}[a.cmd](a) or 0
 

@@ -46,6 +46,9 @@ pub struct VersionInfo {
     pub bytes: u64,
     pub piece_length: u64,
     pub created_at: String,
+    /// The random id of the master's state: version numbers are only
+    /// comparable within one epoch.
+    pub epoch: String,
 }
 
 pub struct MasterMetrics {
@@ -73,6 +76,10 @@ pub struct Master {
     /// Bumped whenever a version is published, retired or withdrawn (wakes the verifier).
     changes: tokio::sync::watch::Sender<u64>,
     verify: Mutex<VerifyStatus>,
+    /// The state's epoch (fixed for the life of the process).
+    epoch: String,
+    /// Held for the life of the process: one master per state directory.
+    _lock: crate::util::DirLock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +88,10 @@ pub enum MasterError {
     SnapshotsDir(String, std::io::Error),
     #[error("state directory: {0}")]
     Registry(#[from] registry::RegistryError),
+    #[error("state directory {0}: {1}")]
+    StateDir(String, std::io::Error),
+    #[error(transparent)]
+    Locked(#[from] crate::util::LockError),
     #[error("{0}")]
     Engine(#[from] crate::swarm::EngineError),
     #[error("cannot resolve the public host {0:?}: {1}")]
@@ -118,7 +129,13 @@ impl Master {
     pub async fn start(cfg: MasterConfig) -> Result<Arc<Master>, MasterError> {
         std::fs::create_dir_all(&cfg.snapshots_dir)
             .map_err(|e| MasterError::SnapshotsDir(cfg.snapshots_dir.display().to_string(), e))?;
+        // First of all: no second master on the same state.
+        let state_err = |e| MasterError::StateDir(cfg.state_dir.display().to_string(), e);
+        std::fs::create_dir_all(&cfg.state_dir).map_err(state_err)?;
+        let state_dir = cfg.state_dir.canonicalize().map_err(state_err)?;
+        let lock = crate::util::DirLock::acquire(&state_dir, "state directory")?;
         let registry = Registry::open(&cfg.state_dir)?;
+        let epoch = registry.epoch().to_string();
         let engine = Engine::start(EngineConfig {
             listen: cfg.peer_listen,
             upload_limit: cfg.upload_limit,
@@ -183,6 +200,8 @@ impl Master {
             started: std::time::Instant::now(),
             changes: tokio::sync::watch::channel(0).0,
             verify: Mutex::new(VerifyStatus::default()),
+            epoch,
+            _lock: lock,
         });
         master.restore().await;
         info!(
@@ -209,7 +228,13 @@ impl Master {
             bytes: r.bytes,
             piece_length: r.piece_length,
             created_at: r.created_at.clone(),
+            epoch: self.epoch.clone(),
         }
+    }
+
+    /// The random id of this master's state.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     /// Published versions, newest first.
@@ -415,6 +440,7 @@ impl Master {
         serde_json::json!({
             "versions": versions,
             "latest_version": reg.published().first().map(|r| r.version),
+            "epoch": self.epoch,
             "withdrawn": withdrawn,
             "pending_snapshots": pending,
             "uploaded": uploaded_total,
@@ -478,5 +504,39 @@ impl Master {
             s.failures.load(Relaxed),
         );
         m.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> MasterConfig {
+        crate::config::RawMaster {
+            snapshots_dir: Some(dir.join("snaps")),
+            http_listen: Some("127.0.0.1:0".into()),
+            peer_listen: Some("127.0.0.1:0".into()),
+            public_url: Some("http://127.0.0.1:1".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_second_master_on_the_same_state_is_refused_with_the_holders_pid() {
+        let d = tempfile::tempdir().unwrap();
+        let first = Master::start(config(d.path())).await.unwrap();
+        assert_eq!(first.epoch().len(), 32);
+        match Master::start(config(d.path())).await {
+            Err(MasterError::Locked(crate::util::LockError::Busy { pid, what, .. })) => {
+                assert_eq!(pid, Some(std::process::id()));
+                assert_eq!(what, "state directory");
+            }
+            Err(e) => panic!("expected Locked, got {e}"),
+            Ok(_) => panic!("a second master started on the same state directory"),
+        }
+        // The version objects carry the epoch.
+        assert!(first.versions().iter().all(|v| v.epoch == first.epoch()));
     }
 }

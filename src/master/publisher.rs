@@ -9,11 +9,12 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use super::registry::{now_rfc3339, SourceRecord, VersionRecord, VersionState};
+use super::registry::{SourceRecord, VersionRecord, VersionState};
 use super::watcher::{fingerprint, ignored};
 use super::Master;
 use crate::metainfo::{build, BuildOptions, Metainfo};
 use crate::swarm::{Check, Mode, SessionOptions};
+use crate::util::{now_rfc3339, write_atomic};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -109,7 +110,7 @@ impl Master {
         let torrent_path = self.registry.lock().torrent_path(version);
         let bytes = built.bytes.clone();
         let tp = torrent_path.clone();
-        tokio::task::spawn_blocking(move || super::registry::write_atomic(&tp, &bytes))
+        tokio::task::spawn_blocking(move || write_atomic(&tp, &bytes))
             .await
             .map_err(|e| PublishError::Failed(e.to_string()))?
             .map_err(|e| {

@@ -2,11 +2,17 @@
 //! version numbers, persisted as one JSON file written atomically (temp
 //! file, fsync, rename, fsync of the directory), so a crash leaves either the
 //! old state or the new one, never half of each.
+//!
+//! The state carries an `epoch`: a random id made when the state is created.
+//! Version numbers only mean something within one epoch: a master whose
+//! state directory was lost starts again at version 1 under a new epoch,
+//! and replicas see from the epoch that "version 2" is not their version 2.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use crate::metainfo::{InfoHash, SourceFile};
+use crate::util::write_atomic;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -60,8 +66,17 @@ pub struct VersionRecord {
 
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct RegistryFile {
+    /// Random id of this state (32 hex digits); empty in files written
+    /// before epochs existed, which get one when opened.
+    #[serde(default)]
+    epoch: String,
     next_version: u64,
     versions: Vec<VersionRecord>,
+}
+
+/// A new epoch: 16 random bytes as 32 lowercase hex digits.
+fn new_epoch() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +110,7 @@ impl Registry {
                 message: e.to_string(),
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => RegistryFile {
+                epoch: String::new(),
                 next_version: 1,
                 versions: Vec::new(),
             },
@@ -105,10 +121,22 @@ impl Registry {
                 })
             }
         };
-        Ok(Registry {
+        let mut reg = Registry {
             dir: state_dir.to_path_buf(),
             data,
-        })
+        };
+        if reg.data.epoch.is_empty() {
+            // A new state, or one from before epochs: saved at once, so the
+            // epoch is the same after a restart.
+            reg.data.epoch = new_epoch();
+            reg.save()?;
+        }
+        Ok(reg)
+    }
+
+    /// The random id of this state.
+    pub fn epoch(&self) -> &str {
+        &self.data.epoch
     }
 
     pub fn torrent_path(&self, version: u64) -> PathBuf {
@@ -146,7 +174,7 @@ impl Registry {
 
     /// Adds a version (numbered by the caller from `next_version`) and saves.
     pub fn push(&mut self, rec: VersionRecord) -> Result<(), RegistryError> {
-        self.data.next_version = rec.version + 1;
+        self.data.next_version = rec.version.saturating_add(1);
         self.data.versions.push(rec);
         self.save()
     }
@@ -186,37 +214,10 @@ impl Registry {
     }
 }
 
-/// temp file + fsync + rename + fsync(dir).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    // tempfile creates 0600; state and torrents are meant to be readable.
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// RFC 3339 time of now, UTC.
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs().to_string())
-                .unwrap_or_default()
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::now_rfc3339;
 
     fn rec(version: u64, name: &str) -> VersionRecord {
         VersionRecord {
@@ -248,6 +249,36 @@ mod tests {
             vec![2]
         );
         assert_eq!(r.by_name("a").unwrap().state, VersionState::Retired);
+    }
+
+    #[test]
+    fn the_epoch_is_made_once_and_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let e1 = Registry::open(d.path()).unwrap().epoch().to_string();
+        assert_eq!(e1.len(), 32);
+        assert!(e1.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(
+            Registry::open(d.path()).unwrap().epoch(),
+            e1,
+            "saved at once"
+        );
+        // A state from before epochs gets one, and keeps its versions.
+        let old = d.path().join("old");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(
+            old.join("versions.json"),
+            br#"{"next_version": 2, "versions": []}"#,
+        )
+        .unwrap();
+        let r = Registry::open(&old).unwrap();
+        let e2 = r.epoch().to_string();
+        assert_eq!((e2.len(), r.next_version()), (32, 2));
+        assert_ne!(e2, e1, "another state, another epoch");
+        assert_eq!(Registry::open(&old).unwrap().epoch(), e2);
+        // Losing the state means a new epoch.
+        std::fs::remove_dir_all(d.path().join("torrents")).unwrap();
+        std::fs::remove_file(d.path().join("versions.json")).unwrap();
+        assert_ne!(Registry::open(d.path()).unwrap().epoch(), e1);
     }
 
     #[test]

@@ -31,10 +31,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::registry::{now_rfc3339, VersionRecord, VersionState};
+use super::registry::{VersionRecord, VersionState};
 use super::Master;
 use crate::metainfo::Metainfo;
 use crate::storage::{Mode, Storage, StorageError};
+use crate::util::now_rfc3339;
 
 /// How late a read may start and still keep its booked slot: bursts stay
 /// within 50 ms of traffic (plus one piece).

@@ -161,13 +161,17 @@ pub struct ExtHandshake {
     pub reqq: Option<u32>,
     pub client: Option<String>,
     pub listen_port: Option<u16>,
+    /// The id the peer wants for `ut_pex` (BEP 11) messages, if it speaks it.
+    pub ut_pex: Option<u8>,
 }
 
 pub fn encode_ext_handshake(listen_port: u16, reqq: u32) -> Bytes {
     let mut e = BEncoder::new();
     let r = e.emit_with(|e: SingleItemEncoder| {
         e.emit_dict(|mut d| {
-            d.emit_pair_with(b"m", |e| e.emit_dict(|_| Ok(())))?;
+            d.emit_pair_with(b"m", |e| {
+                e.emit_dict(|mut m| m.emit_pair(b"ut_pex", super::pex::OUR_PEX_ID))
+            })?;
             d.emit_pair(b"p", listen_port)?;
             d.emit_pair(b"reqq", reqq)?;
             d.emit_pair(b"v", concat!("indexswarm ", env!("CARGO_PKG_VERSION")))
@@ -193,6 +197,14 @@ pub fn decode_ext_handshake(payload: &[u8]) -> ExtHandshake {
                 out.client = Some(String::from_utf8_lossy(&b[..b.len().min(64)]).into_owned())
             }
             (b"p", Object::Integer(s)) => out.listen_port = s.parse::<u16>().ok(),
+            (b"m", Object::Dict(mut m)) => {
+                while let Ok(Some((name, id))) = m.next_pair() {
+                    if let (b"ut_pex", Object::Integer(id)) = (name, id) {
+                        // 0 means "disabled" (BEP 10).
+                        out.ut_pex = id.parse::<u8>().ok().filter(|i| *i != 0);
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -421,6 +433,7 @@ mod tests {
         let e = decode_ext_handshake(&encode_ext_handshake(6881, 2048));
         assert_eq!(e.reqq, Some(2048));
         assert_eq!(e.listen_port, Some(6881));
+        assert_eq!(e.ut_pex, Some(crate::peer::pex::OUR_PEX_ID));
         assert!(e.client.unwrap().starts_with("indexswarm"));
         assert_eq!(decode_ext_handshake(b"garbage"), ExtHandshake::default());
     }

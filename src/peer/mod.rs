@@ -4,5 +4,6 @@
 
 pub mod codec;
 pub mod connection;
+pub mod pex;
 
 pub use codec::{BlockRef, Handshake, Message, PeerCodec};

@@ -7,7 +7,10 @@
 //! (SHA-1 collisions aside), and the session's initial check re-hashes it
 //! anyway. Piece-aligned torrents (the master's default) make every unchanged
 //! file qualify. Reused files are hard-linked (copied if linking fails) into
-//! `versions/<n>.partial/`, so they cost neither network nor much disk.
+//! `versions/<n>.partial/`, so they cost neither network nor much disk. A
+//! link shares its bytes with the live version: if the check finds a piece
+//! of it damaged, storage copies the file before writing the repair
+//! (copy-on-write), so the live version is never written into.
 
 use std::path::{Path, PathBuf};
 
@@ -100,14 +103,7 @@ pub fn reuse_files(
         if let Some(parent) = dst.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        if std::fs::hard_link(&src, &dst).is_err() {
-            // Another filesystem, or links not allowed: copy through a temp name.
-            let tmp = dst.with_extension("indexswarm-copy");
-            let _ = std::fs::remove_file(&tmp); // left by a crash mid-copy
-            std::fs::copy(&src, &tmp)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &dst)?;
-        }
+        crate::util::link_or_copy(&src, &dst)?;
         out.push(Reused {
             path: dst,
             bytes: fb.length,

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::SolrConfig;
-use crate::master::registry::write_atomic;
-use crate::storage::sync_dir;
+use crate::util::fs::write_atomic_traced;
+use crate::util::{crash, link_or_copy, sync_dir};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwapError {
@@ -35,25 +35,27 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SwapError + '_ {
     }
 }
 
-/// The version `DATA/current` points at, if any.
-pub fn read_current(data_dir: &Path) -> Option<u64> {
+/// The slot (`versions/<slot>`) `DATA/current` points at, if any.
+pub fn read_current(data_dir: &Path) -> Option<String> {
     let target = std::fs::read_link(data_dir.join("current")).ok()?;
-    let name = target.file_name()?.to_str()?;
-    name.parse().ok()
+    let rest = target.strip_prefix("versions").ok()?;
+    let name = rest.to_str()?;
+    super::layout::slot_version(name).map(|_| name.to_string())
 }
 
-/// Points `DATA/current` at `versions/<version>`, atomically and durably.
-pub fn swap_symlink(data_dir: &Path, version: u64) -> Result<PathBuf, SwapError> {
+/// Points `DATA/current` at `versions/<slot>`, atomically and durably.
+/// Crash points `symlink_tmp_created`, `current_renamed`, `current_dir_synced`.
+pub fn swap_symlink(data_dir: &Path, slot: &str) -> Result<PathBuf, SwapError> {
     let tmp = data_dir.join("current.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let target = PathBuf::from("versions").join(version.to_string());
+    let target = PathBuf::from("versions").join(slot);
     std::os::unix::fs::symlink(&target, &tmp).map_err(io(&tmp))?;
+    crash::point("symlink_tmp_created");
     let current = data_dir.join("current");
     std::fs::rename(&tmp, &current).map_err(io(&current))?;
-    sync_dir(data_dir).map_err(|e| SwapError::Io {
-        path: data_dir.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    crash::point("current_renamed");
+    sync_dir(data_dir).map_err(io(data_dir))?;
+    crash::point("current_dir_synced");
     Ok(data_dir.join(target))
 }
 
@@ -68,11 +70,8 @@ fn link_tree(src: &Path, dst: &Path) -> Result<(), SwapError> {
         let target = dst.join(rel);
         if e.file_type().is_dir() {
             std::fs::create_dir_all(&target).map_err(io(&target))?;
-        } else if e.file_type().is_file() && std::fs::hard_link(e.path(), &target).is_err() {
-            std::fs::copy(e.path(), &target).map_err(io(&target))?;
-            std::fs::File::open(&target)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&target))?;
+        } else if e.file_type().is_file() {
+            link_or_copy(e.path(), &target).map_err(io(&target))?;
         }
     }
     Ok(())
@@ -123,25 +122,22 @@ pub async fn swap_solr(
     let index_dir = cfg.core_data_dir.join(&name);
     let _ = std::fs::remove_dir_all(&tmp);
     link_tree(version_dir, &tmp)?;
+    crash::point("solr_link_tree_done");
     // The entries inside must be durable before anything points at them.
     for e in walkdir::WalkDir::new(&tmp)
         .into_iter()
         .flatten()
         .filter(|e| e.file_type().is_dir())
     {
-        sync_dir(e.path()).map_err(|e2| SwapError::Io {
-            path: e.path().to_path_buf(),
-            source: std::io::Error::other(e2.to_string()),
-        })?;
+        sync_dir(e.path()).map_err(io(e.path()))?;
     }
     std::fs::rename(&tmp, &index_dir).map_err(io(&index_dir))?;
-    sync_dir(&cfg.core_data_dir).map_err(|e| SwapError::Io {
-        path: cfg.core_data_dir.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    crash::point("solr_index_renamed");
+    sync_dir(&cfg.core_data_dir).map_err(io(&cfg.core_data_dir))?;
+    crash::point("solr_core_dir_synced");
     let props = cfg.core_data_dir.join("index.properties");
     let body = format!("#index.properties written by indexswarm\nindex={name}\n");
-    write_atomic(&props, body.as_bytes()).map_err(io(&props))?;
+    write_atomic_traced(&props, body.as_bytes(), Some("solr_properties")).map_err(io(&props))?;
 
     let url = format!(
         "{}{}action=RELOAD&core={}&wt=json",
@@ -151,17 +147,33 @@ pub async fn swap_solr(
         } else {
             '?'
         },
-        crate::tracker::protocol::url_bytes(cfg.core.as_bytes())
+        percent_encoding::utf8_percent_encode(&cfg.core, percent_encoding::NON_ALPHANUMERIC)
     );
     let reload_error = match http.get(&url).timeout(Duration::from_secs(60)).send().await {
         Ok(r) if r.status().is_success() => None,
         Ok(r) => Some(format!("core RELOAD answered HTTP {}", r.status().as_u16())),
         Err(e) => Some(format!("core RELOAD failed: {e}")),
     };
+    crash::point("solr_reload_done");
     Ok(SolrSwap {
         index_dir,
         reload_error,
     })
+}
+
+/// Why the `on_swap` hook failed (reported in `/status`, never fatal).
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("on_swap {url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("on_swap {url}: {message}")]
+    Request { url: String, message: String },
+    #[error("on_swap command exited with {0}")]
+    Exit(std::process::ExitStatus),
+    #[error("on_swap command could not run: {0}")]
+    Spawn(std::io::Error),
+    #[error("on_swap command took longer than 60 s")]
+    Timeout,
 }
 
 /// Runs the `on_swap` hook: an `http(s)://` URL gets a JSON POST, anything
@@ -173,17 +185,20 @@ pub async fn run_hook(
     version: u64,
     path: &Path,
     info_hash: &str,
-) -> Result<(), String> {
+) -> Result<(), HookError> {
     const LIMIT: Duration = Duration::from_secs(60);
     if hook.starts_with("http://") || hook.starts_with("https://") {
         let body = serde_json::json!({"version": version, "path": path, "info_hash": info_hash});
         return match http.post(hook).json(&body).timeout(LIMIT).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(format!(
-                "on_swap {hook} answered HTTP {}",
-                r.status().as_u16()
-            )),
-            Err(e) => Err(format!("on_swap {hook}: {e}")),
+            Ok(r) => Err(HookError::Status {
+                url: hook.to_string(),
+                status: r.status().as_u16(),
+            }),
+            Err(e) => Err(HookError::Request {
+                url: hook.to_string(),
+                message: e.to_string(),
+            }),
         };
     }
     let mut cmd = tokio::process::Command::new("sh");
@@ -195,9 +210,9 @@ pub async fn run_hook(
         .kill_on_drop(true);
     match tokio::time::timeout(LIMIT, cmd.status()).await {
         Ok(Ok(s)) if s.success() => Ok(()),
-        Ok(Ok(s)) => Err(format!("on_swap command exited with {s}")),
-        Ok(Err(e)) => Err(format!("on_swap command could not run: {e}")),
-        Err(_) => Err("on_swap command took longer than 60 s".into()),
+        Ok(Ok(s)) => Err(HookError::Exit(s)),
+        Ok(Err(e)) => Err(HookError::Spawn(e)),
+        Err(_) => Err(HookError::Timeout),
     }
 }
 
@@ -213,13 +228,13 @@ mod tests {
             std::fs::write(d.path().join(format!("versions/{v}/f")), format!("v{v}")).unwrap();
         }
         assert_eq!(read_current(d.path()), None);
-        swap_symlink(d.path(), 1).unwrap();
+        swap_symlink(d.path(), "1").unwrap();
         assert_eq!(
             std::fs::read_to_string(d.path().join("current/f")).unwrap(),
             "v1"
         );
-        swap_symlink(d.path(), 2).unwrap();
-        assert_eq!(read_current(d.path()), Some(2));
+        swap_symlink(d.path(), "2").unwrap();
+        assert_eq!(read_current(d.path()).as_deref(), Some("2"));
         assert_eq!(
             std::fs::read_to_string(d.path().join("current/f")).unwrap(),
             "v2"

@@ -9,6 +9,14 @@
 //! Padding files (BEP 47) are virtual: reads return zeros, writes skip them,
 //! nothing is ever created for them. Empty files hold no piece and are
 //! created by [`Storage::finalize`].
+//!
+//! Copy-on-write: a file we did not create may be a hard link into a live
+//! version (the replica reuses unchanged files that way) or a read-only file
+//! of a finalized version. Before the first write into a file that has
+//! other links or is read-only, it is replaced by a private copy (copy to a
+//! temp name, fsync, rename over it), and only the copy is written. Reads
+//! never open a file for writing, so checking and seeding such files costs
+//! nothing.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -53,11 +61,17 @@ impl StorageError {
     }
 }
 
+/// An open file and whether it was opened for writing.
+struct Handle {
+    file: Arc<File>,
+    writable: bool,
+}
+
 struct Slot {
     path: PathBuf,
     length: u64,
     pad: bool,
-    handle: Mutex<Option<Arc<File>>>,
+    handle: Mutex<Option<Handle>>,
     /// Written since the last sync.
     dirty: AtomicBool,
 }
@@ -130,52 +144,69 @@ impl Storage {
         let slot = &self.slots[index];
         let mut guard = slot.handle.lock();
         if let Some(h) = guard.as_ref() {
-            return Ok(h.clone());
+            if h.writable || !write {
+                return Ok(h.file.clone());
+            }
         }
         if self.closed.load(Ordering::Acquire) {
             return Err(StorageError::Closed);
         }
         let file = match (self.mode, write) {
             (Mode::ReadOnly, true) => return Err(StorageError::ReadOnly),
-            (Mode::ReadOnly, false) => File::open(&slot.path).map_err(Self::io_err(&slot.path))?,
-            // A read only ever targets data we wrote: never create for it.
-            (Mode::ReadWrite, false) => OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&slot.path)
-                .map_err(Self::io_err(&slot.path))?,
-            (Mode::ReadWrite, true) => {
-                if let Some(dir) = slot.path.parent() {
-                    std::fs::create_dir_all(dir).map_err(Self::io_err(dir))?;
-                }
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&slot.path)
-                    .map_err(Self::io_err(&slot.path))?;
-                let len = f.metadata().map_err(Self::io_err(&slot.path))?.len();
-                if len != slot.length {
-                    f.set_len(slot.length).map_err(Self::io_err(&slot.path))?;
-                }
-                f
-            }
+            // A read only ever targets data we wrote or found: never create
+            // for it, and never open for writing (the file may be shared).
+            (_, false) => File::open(&slot.path).map_err(Self::io_err(&slot.path))?,
+            (Mode::ReadWrite, true) => Self::open_for_write(slot)?,
         };
         let file = Arc::new(file);
-        *guard = Some(file.clone());
+        // Readers still holding the old (read-only) handle keep reading the
+        // same bytes: a private copy has the contents of the original.
+        let upgraded = guard
+            .replace(Handle {
+                file: file.clone(),
+                writable: write,
+            })
+            .is_some();
         drop(guard);
-        if self.open.fetch_add(1, Ordering::Relaxed) + 1 > MAX_OPEN_FILES {
+        if !upgraded && self.open.fetch_add(1, Ordering::Relaxed) + 1 > MAX_OPEN_FILES {
             self.close_idle();
         }
         Ok(file)
+    }
+
+    /// Opens (creating if needed) a file for writing, sized to its length,
+    /// after replacing it by a private copy if it is shared or read-only.
+    fn open_for_write(slot: &Slot) -> Result<File, StorageError> {
+        if let Some(dir) = slot.path.parent() {
+            std::fs::create_dir_all(dir).map_err(Self::io_err(dir))?;
+        }
+        match crate::util::fs::is_shared_or_read_only(&slot.path) {
+            Ok(true) => {
+                crate::util::fs::private_copy(&slot.path).map_err(Self::io_err(&slot.path))?
+            }
+            Ok(false) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Self::io_err(&slot.path)(e)),
+        }
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&slot.path)
+            .map_err(Self::io_err(&slot.path))?;
+        let len = f.metadata().map_err(Self::io_err(&slot.path))?.len();
+        if len != slot.length {
+            f.set_len(slot.length).map_err(Self::io_err(&slot.path))?;
+        }
+        Ok(f)
     }
 
     /// Closes handles nobody is using right now.
     fn close_idle(&self) {
         for slot in &self.slots {
             if let Some(mut g) = slot.handle.try_lock() {
-                if g.as_ref().is_some_and(|h| Arc::strong_count(h) == 1) {
+                if g.as_ref().is_some_and(|h| Arc::strong_count(&h.file) == 1) {
                     *g = None;
                     self.open.fetch_sub(1, Ordering::Relaxed);
                 }
@@ -251,22 +282,24 @@ impl Storage {
                 continue;
             }
             if slot.length == 0 || !slot.path.exists() {
-                // Creates the file at its (zero) length.
+                // Creates the file at its length (and empties an empty file:
+                // it holds no piece, so no check would notice bytes in it).
                 self.handle(i, true)?;
-                slot.dirty.store(true, Ordering::Relaxed);
             }
             // Every file, not only those written in this run: pieces found on
             // disk at start (a resumed download, a reused file) may still be
             // in the page cache only. Files with nothing dirty sync cheaply.
+            // A read handle is enough to fsync, and opening a shared file
+            // for writing would copy it for nothing.
             slot.dirty.store(false, Ordering::Relaxed);
-            let h = self.handle(i, true)?;
+            let h = self.handle(i, false)?;
             h.sync_all().map_err(Self::io_err(&slot.path))?;
             if let Some(d) = slot.path.parent() {
                 dirs.insert(d.to_path_buf());
             }
         }
         for d in dirs {
-            sync_dir(&d)?;
+            crate::util::sync_dir(&d).map_err(Self::io_err(&d))?;
         }
         Ok(())
     }
@@ -281,16 +314,6 @@ impl Storage {
             }
         }
     }
-}
-
-/// fsyncs a directory so that entries created or renamed in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| StorageError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })
 }
 
 impl BlockReader for Storage {
@@ -354,5 +377,98 @@ mod tests {
             reader.write_piece(0, &buf),
             Err(StorageError::ReadOnly)
         ));
+    }
+
+    /// A staged file that is a hard link into the live version, or read-only,
+    /// is copied before the first write: the live file keeps its bytes.
+    #[test]
+    fn writes_never_reach_a_shared_or_read_only_file() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("snap");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a"), vec![7u8; 40_000]).unwrap();
+        std::fs::write(src.join("b"), vec![8u8; 40_000]).unwrap();
+        let opts = BuildOptions {
+            piece_length: Some(16384),
+            align_files: true,
+            ..Default::default()
+        };
+        let meta = Arc::new(build(&src, &opts, &AtomicU64::new(0)).unwrap().meta);
+
+        // The live version: a damaged "a" (read-only) and a read-only "b".
+        let live = tmp.path().join("live");
+        std::fs::create_dir_all(&live).unwrap();
+        let mut damaged = vec![7u8; 40_000];
+        damaged[20_000] = 0;
+        std::fs::write(live.join("a"), &damaged).unwrap();
+        std::fs::write(live.join("b"), vec![8u8; 40_000]).unwrap();
+        for f in ["a", "b"] {
+            let p = live.join(f);
+            std::fs::set_permissions(&p, PermissionsExt::from_mode(0o444)).unwrap();
+        }
+        // Staging: "a" reused by hard link, "b" a private read-only file.
+        let staging = tmp.path().join("staging");
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::hard_link(live.join("a"), staging.join("a")).unwrap();
+        std::fs::copy(live.join("b"), staging.join("b")).unwrap();
+        std::fs::set_permissions(staging.join("b"), PermissionsExt::from_mode(0o444)).unwrap();
+
+        let st = Storage::with_root(meta.clone(), &staging, Mode::ReadWrite);
+        let have = st
+            .verify(1, &AtomicU64::new(0), &AtomicBool::new(false))
+            .unwrap();
+        assert_eq!(
+            have.iter().filter(|ok| !**ok).count(),
+            1,
+            "one damaged piece"
+        );
+        let bad = have.iter().position(|ok| !ok).unwrap() as u32;
+        let mut piece = vec![0u8; meta.piece_len(bad) as usize];
+        Storage::with_root(meta.clone(), &src, Mode::ReadOnly)
+            .read(bad as u64 * meta.piece_length, &mut piece)
+            .unwrap();
+        st.write_piece(bad, &piece).unwrap();
+        st.write_piece(4, &vec![8u8; 16384]).unwrap(); // a piece inside "b"
+        st.finalize().unwrap();
+
+        assert_eq!(
+            std::fs::read(live.join("a")).unwrap(),
+            damaged,
+            "live untouched"
+        );
+        assert_eq!(std::fs::read(staging.join("a")).unwrap(), vec![7u8; 40_000]);
+        let md = |p: &Path| std::fs::metadata(p).unwrap();
+        assert_ne!(md(&live.join("a")).ino(), md(&staging.join("a")).ino());
+        assert_eq!(md(&live.join("a")).nlink(), 1);
+        assert!(!md(&staging.join("b")).permissions().readonly());
+        assert_eq!(std::fs::read(staging.join("b")).unwrap(), vec![8u8; 40_000]);
+    }
+
+    /// Checking and fsyncing reused files does not copy them.
+    #[test]
+    fn verifying_and_finalizing_keep_reused_links() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("snap");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a"), vec![1u8; 30_000]).unwrap();
+        let meta = Arc::new(
+            build(&src, &BuildOptions::default(), &AtomicU64::new(0))
+                .unwrap()
+                .meta,
+        );
+        let staging = tmp.path().join("staging");
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::hard_link(src.join("a"), staging.join("a")).unwrap();
+        let st = Storage::with_root(meta, &staging, Mode::ReadWrite);
+        let have = st
+            .verify(1, &AtomicU64::new(0), &AtomicBool::new(false))
+            .unwrap();
+        assert!(have.iter().all(|ok| *ok));
+        let mut buf = vec![0u8; 100];
+        st.read(0, &mut buf).unwrap();
+        st.finalize().unwrap();
+        assert_eq!(std::fs::metadata(staging.join("a")).unwrap().nlink(), 2);
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! Lifecycle (BEP 3): `started` first, plain announces every interval the
 //! tracker asks for, `completed` once when the download finishes, `stopped`
-//! on shutdown. Failures back off exponentially (1 s, 2 s, … 5 min) and try
-//! the next URL in the list.
+//! on shutdown. Failures back off quickly (1, 2, 4, 8 s, then at most
+//! [`RETRY_CAP`], jittered) and try the next URL in the list; each failure
+//! is logged with its whole cause chain ("connect timed out", "connection
+//! refused") and kept for the session's stall report.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -106,7 +108,6 @@ impl AnnounceConfig {
     }
 }
 
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Longest wait between announces, whatever a tracker asks.
 const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
@@ -145,6 +146,21 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// The longest wait between failed announces. Short on purpose: a replica
+/// must not sit idle for minutes after a tracker hiccup (it knows its peers
+/// and hears of more through PEX meanwhile).
+pub const RETRY_CAP: Duration = Duration::from_secs(15);
+
+/// The wait after the `failures`-th failure in a row: 1, 2, 4, 8 s, then
+/// [`RETRY_CAP`], each ±20% so a fleet that lost its tracker does not come
+/// back in lockstep.
+pub fn retry_delay(failures: u32) -> Duration {
+    use rand::Rng;
+    let doublings = failures.saturating_sub(1).min(4);
+    let base = Duration::from_secs(1u64 << doublings).min(RETRY_CAP);
+    base.mul_f64(rand::thread_rng().gen_range(0.8..1.2))
+}
+
 /// Announces until `shutdown`, then sends `stopped` (bounded by a short timeout).
 /// Peers go to `peers_tx`; `stats` is read before every announce and a change
 /// of `left` to zero triggers the `completed` event.
@@ -162,7 +178,7 @@ pub async fn run_announce_loop(
     let mut event = Event::Started;
     let mut was_complete = stats.borrow().left == 0;
     let mut url_index = 0;
-    let mut backoff = Duration::from_secs(1);
+    let mut failures: u32 = 0;
     let mut announced_once = false;
     loop {
         let s = *stats.borrow_and_update();
@@ -180,7 +196,7 @@ pub async fn run_announce_loop(
                     signals.set_error(None);
                     announced_once = true;
                     event = Event::None;
-                    backoff = Duration::from_secs(1);
+                    failures = 0;
                     let addrs = resp.peers.iter().map(|p| p.addr).collect::<Vec<_>>();
                     if !addrs.is_empty() && peers_tx.send(addrs).await.is_err() {
                         break;
@@ -190,13 +206,13 @@ pub async fn run_announce_loop(
                     resp.interval.clamp(Duration::from_secs(1), MAX_INTERVAL)
                 }
                 Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let retry_in = retry_delay(failures);
                     let chain = error_chain(&e);
-                    warn!(error = %chain, retry_in = ?backoff, "announce failed");
+                    warn!(error = %chain, ?retry_in, "announce failed");
                     signals.set_error(Some(chain));
                     url_index += 1;
-                    let w = backoff;
-                    backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
-                    w
+                    retry_in
                 }
             }
         };
@@ -234,6 +250,17 @@ pub async fn run_announce_loop(
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn retries_back_off_quickly_to_a_short_cap_with_jitter() {
+        let first = retry_delay(1);
+        assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200));
+        for n in 1..200 {
+            assert!(retry_delay(n) <= RETRY_CAP.mul_f64(1.2), "failure {n}");
+        }
+        let later: std::collections::HashSet<_> = (0..20).map(|_| retry_delay(50)).collect();
+        assert!(later.len() > 1, "jittered");
+    }
 
     /// A stand-in tracker (written for this test, not ours): answers every
     /// request with `body` and reports each request line on `seen`.

@@ -70,6 +70,8 @@ pub struct PeerRecord {
     pub downloaded: u64,
     pub left: u64,
     pub last_seen: Instant,
+    /// How many replies listed this peer: the subset logic evens it out.
+    pub handed_out: u64,
 }
 
 #[derive(Default)]
@@ -97,6 +99,37 @@ impl Swarm {
             self.seeders = self.peers.values().filter(|p| p.left == 0).count();
         }
     }
+}
+
+/// Up to `room` peers for `req`'s reply: a uniform random sample of twice
+/// that many, of which the ones listed least often so far. Random samples
+/// make the peer graph connected with high probability at any size; the
+/// "least often" half keeps early joiners from being listed to everyone
+/// (and dialed by everyone) while late joiners go unlisted. A seeder gets
+/// no seeders.
+fn well_spread(
+    swarm: &mut Swarm,
+    req: &AnnounceRequest,
+    room: usize,
+) -> Vec<(SocketAddr, [u8; 20])> {
+    let mut sample: Vec<&PeerRecord> = swarm
+        .peers
+        .values()
+        .filter(|p| p.peer_id != req.peer_id && !(req.left == 0 && p.left == 0))
+        .choose_multiple(&mut rand::thread_rng(), room.saturating_mul(2));
+    // The sample's order is random, so equal counts stay in random order.
+    sample.sort_by_key(|p| p.handed_out);
+    let chosen: Vec<(SocketAddr, [u8; 20])> = sample
+        .into_iter()
+        .take(room)
+        .map(|p| (p.addr, p.peer_id))
+        .collect();
+    for (_, id) in &chosen {
+        if let Some(p) = swarm.peers.get_mut(id) {
+            p.handed_out = p.handed_out.saturating_add(1);
+        }
+    }
+    chosen
 }
 
 /// Counters for `/metrics`.
@@ -205,6 +238,7 @@ impl Tracker {
         }
         let swarm = swarms.entry(req.info_hash).or_default();
         swarm.expire(cutoff);
+        let handed_out = swarm.peers.get(&req.peer_id).map_or(0, |p| p.handed_out);
         swarm.remove(&req.peer_id);
         if req.event == Event::Completed {
             swarm.downloaded += 1;
@@ -222,6 +256,7 @@ impl Tracker {
                     downloaded: req.downloaded,
                     left: req.left,
                     last_seen: now,
+                    handed_out,
                 },
             );
         }
@@ -251,15 +286,11 @@ impl Tracker {
             };
             let room = want - peers.len();
             peers.extend(
-                swarm
-                    .peers
-                    .values()
-                    .filter(|p| p.peer_id != req.peer_id && !(req.left == 0 && p.left == 0))
-                    .choose_multiple(&mut rand::thread_rng(), room)
+                well_spread(swarm, req, room)
                     .into_iter()
-                    .map(|p| PeerInfo {
-                        addr: p.addr,
-                        peer_id: Some(p.peer_id),
+                    .map(|(addr, peer_id)| PeerInfo {
+                        addr,
+                        peer_id: Some(peer_id),
                     }),
             );
             peers
@@ -412,6 +443,71 @@ mod tests {
         }
     }
     const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// 1,000 leechers join one at a time asking for 20 peers each, then
+    /// re-announce once (as they do every interval). The graph of "was
+    /// listed to" edges is connected, and no peer is listed far more often
+    /// than the average (without the spreading, the first joiners are
+    /// listed to nearly everyone).
+    #[test]
+    fn replies_build_a_connected_evenly_spread_peer_graph() {
+        let t = Tracker::new(TrackerConfig {
+            whitelist_only: false,
+            max_numwant: 20,
+            ..Default::default()
+        });
+        let n = 1000u32;
+        let id = |i: u32| {
+            let mut id = [0u8; 20];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            id
+        };
+        let mut edges: Vec<Vec<u32>> = vec![Vec::new(); n as usize];
+        for round in 0..2 {
+            for i in 0..n {
+                let mut r = req(
+                    0,
+                    100,
+                    if round == 0 {
+                        Event::Started
+                    } else {
+                        Event::None
+                    },
+                );
+                r.peer_id = id(i);
+                r.port = 1024 + (i as u16);
+                r.numwant = Some(20);
+                for p in t.announce(&r, LOCAL).unwrap().peers {
+                    let j = (p.addr.port() - 1024) as u32;
+                    edges[i as usize].push(j);
+                    edges[j as usize].push(i);
+                }
+            }
+        }
+        let mut seen = vec![false; n as usize];
+        let mut stack = vec![0u32];
+        seen[0] = true;
+        while let Some(i) = stack.pop() {
+            for &j in &edges[i as usize] {
+                if !seen[j as usize] {
+                    seen[j as usize] = true;
+                    stack.push(j);
+                }
+            }
+        }
+        assert!(seen.iter().all(|s| *s), "the peer graph is connected");
+        let listed: Vec<u64> = t
+            .peers(&InfoHash([9; 20]))
+            .iter()
+            .map(|p| p.handed_out)
+            .collect();
+        let mean = listed.iter().sum::<u64>() as f64 / listed.len() as f64;
+        let max = *listed.iter().max().unwrap() as f64;
+        assert!(
+            max <= 2.0 * mean,
+            "listed at most {max} times against a mean of {mean:.1}"
+        );
+    }
 
     #[test]
     fn whitelist_refuses_unknown_hashes() {

@@ -237,6 +237,7 @@ impl Session {
             have
         };
         self.engine.connections.fetch_add(1, Ordering::Relaxed);
+        debug!(peer = %conn.addr, outgoing = listen_addr.is_some(), "connected");
         // Our piece map first, then the extension handshake.
         let _ = tx.send(Outgoing::Msg(piece_map(&have, fast)));
         if ext {

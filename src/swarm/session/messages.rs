@@ -128,6 +128,10 @@ impl SwarmState {
             Message::Cancel(b) => self.on_cancel(key, b),
             Message::Reject(b) => self.on_reject(key, b, now),
             Message::Extended { id: 0, payload } => self.on_ext_handshake(key, &payload),
+            Message::Extended {
+                id: crate::peer::pex::OUR_PEX_ID,
+                payload,
+            } => self.on_pex(key, &payload),
             Message::Extended { .. } => {}
             Message::Piece { piece, begin, data } => {
                 job = self.on_piece(key, piece, begin, data, now)?;
@@ -309,6 +313,7 @@ impl SwarmState {
             }
         }
         p.client = ext.client;
+        p.ut_pex = ext.ut_pex;
     }
 
     /// A block arrived. Only a block we asked this peer for is stored; any

@@ -19,6 +19,7 @@
 
 mod dialer;
 mod messages;
+mod pex;
 mod progress;
 mod state;
 mod tick;

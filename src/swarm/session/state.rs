@@ -72,6 +72,13 @@ pub(crate) struct PeerState {
     pub piece_maps: u32,
     /// Being closed (evicted or banned): counts against no limit.
     pub leaving: bool,
+    /// Its id for our `ut_pex` messages, when it speaks PEX.
+    pub ut_pex: Option<u8>,
+    /// What we last told it (addresses it knows from us), and when.
+    pub pex_sent: HashSet<SocketAddr>,
+    pub pex_sent_at: Option<Instant>,
+    /// When it last told us something.
+    pub pex_heard: Option<Instant>,
 }
 
 impl PeerState {
@@ -118,6 +125,10 @@ impl PeerState {
             avoid: HashMap::new(),
             piece_maps: 0,
             leaving: false,
+            ut_pex: None,
+            pex_sent: HashSet::new(),
+            pex_sent_at: None,
+            pex_heard: None,
         }
     }
 

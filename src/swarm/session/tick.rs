@@ -162,6 +162,7 @@ impl SwarmState {
         if self.ticks % RECHOKE_EVERY == 1 {
             self.rechoke(self.ticks % OPTIMISTIC_EVERY == 1);
         }
+        self.send_pex(now);
         self.refill_all(now);
     }
 }
