@@ -5,10 +5,12 @@
 
 use std::fs;
 use std::io::Read;
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::netns::Host;
 
 /// The `indexswarm` binary Cargo built for these tests.
 pub fn bin() -> PathBuf {
@@ -17,6 +19,13 @@ pub fn bin() -> PathBuf {
 
 pub fn cmd() -> Command {
     let mut c = Command::new(bin());
+    c.env("RUST_LOG", "info");
+    c
+}
+
+/// `cmd()` run inside a lab host's network namespace.
+pub fn cmd_in(host: &Host) -> Command {
+    let mut c = host.command(bin());
     c.env("RUST_LOG", "info");
     c
 }
@@ -41,6 +50,27 @@ pub fn need(tool: &str) {
         ok,
         "{tool} is not installed; run .ci/run (it installs the reference peers)"
     );
+}
+
+/// Where `.ci/run` installs the reference peers built from source (rqbit):
+/// `$INDEXSWARM_TOOLS`, or `~/.cache/indexswarm-tools`. CI caches it.
+pub fn tools_dir() -> PathBuf {
+    match std::env::var_os("INDEXSWARM_TOOLS") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            .join(".cache/indexswarm-tools"),
+    }
+}
+
+/// A reference tool from the tools cache, else from PATH; fails loudly
+/// when it is in neither.
+pub fn tool(name: &str) -> PathBuf {
+    let cached = tools_dir().join("bin").join(name);
+    if cached.is_file() {
+        return cached;
+    }
+    need(name);
+    PathBuf::from(name)
 }
 
 pub fn need_libtorrent() {
@@ -266,11 +296,13 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
 
 /// A directory for one test, removed at the end unless KEEP_TEST_DIRS is set.
 pub fn test_dir(name: &str) -> tempfile::TempDir {
+    let keep = std::env::var_os("KEEP_TEST_DIRS").is_some();
     let d = tempfile::Builder::new()
         .prefix(&format!("isw-{name}-"))
+        .disable_cleanup(keep)
         .tempdir()
         .unwrap();
-    if std::env::var_os("KEEP_TEST_DIRS").is_some() {
+    if keep {
         eprintln!("test dir: {}", d.path().display());
     }
     d
@@ -278,16 +310,48 @@ pub fn test_dir(name: &str) -> tempfile::TempDir {
 
 /// Starts `indexswarm tracker` on a free port; returns the process and the announce URL.
 pub fn start_tracker(logs: &Path, extra: &[&str]) -> (Proc, String) {
+    start_tracker_in(cmd(), Ipv4Addr::LOCALHOST, logs, extra)
+}
+
+/// Starts `indexswarm tracker` from `c` (`cmd()` or `cmd_in(host)`) on a
+/// free port of `ip`, an address of the namespace it runs in.
+pub fn start_tracker_in(
+    mut c: Command,
+    ip: Ipv4Addr,
+    logs: &Path,
+    extra: &[&str],
+) -> (Proc, String) {
     let port = free_port();
-    let mut c = cmd();
-    c.args(["tracker", "--listen", &format!("127.0.0.1:{port}")])
+    c.args(["tracker", "--listen", &format!("{ip}:{port}")])
         .args(extra);
     let p = Proc::spawn(&format!("tracker-{port}"), c, logs);
-    let url = format!("http://127.0.0.1:{port}/announce");
+    let url = format!("http://{ip}:{port}/announce");
     wait_until(Duration::from_secs(20), "tracker to listen", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        std::net::TcpStream::connect((ip, port)).is_ok()
     });
     (p, url)
+}
+
+/// How many seeders the tracker at `announce_url` counts for the torrent
+/// (its `/scrape`); `None` when it does not answer or knows no such torrent.
+pub fn tracker_seeders(announce_url: &str, info_hash_hex: &str) -> Option<u64> {
+    let escaped: String = (0..info_hash_hex.len())
+        .step_by(2)
+        .map(|i| format!("%{}", &info_hash_hex[i..i + 2]))
+        .collect();
+    let url = format!(
+        "{}?info_hash={escaped}",
+        announce_url.replace("/announce", "/scrape")
+    );
+    let r = request("GET", &url, None, None);
+    let key = b"8:completei";
+    let at = r.body.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits: Vec<u8> = r.body[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
+    String::from_utf8(digits).ok()?.parse().ok()
 }
 
 pub fn aria2_common(port: u16) -> Vec<String> {

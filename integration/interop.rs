@@ -1,7 +1,13 @@
 //! Issue 3: our engine trading with aria2 and libtorrent, both directions,
 //! on multi-file torrents with nested directories, an empty file, a file
 //! smaller than a block and one larger than several pieces; aligned or not.
+//! The peers that need more set-up have their own files: `interop/rqbit.rs`
+//! and `interop/transmission.rs` (in network namespaces).
 
+mod rqbit;
+mod transmission;
+
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -50,17 +56,34 @@ impl Fixture {
     fn src(&self) -> PathBuf {
         self.src_parent.join("snap")
     }
+    /// The info-hash in hex, as `indexswarm inspect` reports it.
+    fn info_hash(&self) -> String {
+        let mut c = cmd();
+        c.arg("inspect").arg(&self.torrent);
+        let j: serde_json::Value = serde_json::from_slice(&run_ok(c).stdout).unwrap();
+        j["info_hash"]
+            .as_str()
+            .expect("inspect prints the info_hash")
+            .to_string()
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
 fn our_seed(f: &Fixture, port: u16, extra: &[&str]) -> Proc {
-    let mut c = cmd();
+    our_seed_in(cmd(), f, loopback(port), extra)
+}
+
+/// `indexswarm seed` from `c` (`cmd()` or `cmd_in(host)`), listening on `listen`.
+fn our_seed_in(mut c: Command, f: &Fixture, listen: SocketAddr, extra: &[&str]) -> Proc {
     c.arg("seed")
         .arg(&f.torrent)
         .arg("--dir")
         .arg(&f.src_parent);
-    c.args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(extra);
-    let p = Proc::spawn(&format!("seed-{port}"), c, &f.logs());
+    c.args(["--listen", &listen.to_string()]).args(extra);
+    let p = Proc::spawn(&format!("seed-{}", listen.port()), c, &f.logs());
     wait_until(
         Duration::from_secs(60),
         "our seeder to verify and print its info-hash",
@@ -70,31 +93,49 @@ fn our_seed(f: &Fixture, port: u16, extra: &[&str]) -> Proc {
 }
 
 fn our_fetch(f: &Fixture, dst: &Path, peers: &[u16], extra: &[&str]) -> Command {
-    let mut c = cmd();
+    let peers: Vec<SocketAddr> = peers.iter().map(|&p| loopback(p)).collect();
+    our_fetch_in(cmd(), f, dst, loopback(free_port()), &peers, extra)
+}
+
+/// `indexswarm fetch` from `c` (`cmd()` or `cmd_in(host)`), listening on `listen`.
+fn our_fetch_in(
+    mut c: Command,
+    f: &Fixture,
+    dst: &Path,
+    listen: SocketAddr,
+    peers: &[SocketAddr],
+    extra: &[&str],
+) -> Command {
     c.arg("fetch").arg(&f.torrent).arg("--dir").arg(dst);
-    c.args(["--listen", &format!("127.0.0.1:{}", free_port())]);
+    c.args(["--listen", &listen.to_string()]);
     for p in peers {
-        c.args(["--peer", &format!("127.0.0.1:{p}")]);
+        c.args(["--peer", &p.to_string()]);
     }
     c.args(extra);
     c
 }
 
 fn fetch_ok(f: &Fixture, name: &str, c: Command) -> serde_json::Value {
-    let mut p = Proc::spawn(name, c, &f.logs());
+    fetch_summary(&mut Proc::spawn(name, c, &f.logs()))
+}
+
+/// Waits (up to `LIMIT`) for a running fetch to succeed; its JSON summary.
+fn fetch_summary(p: &mut Proc) -> serde_json::Value {
     let status = p.wait(LIMIT);
     assert!(
         status.success(),
-        "{name} failed:\n{}",
+        "{} failed:\n{}",
+        p.name,
         tail(&p.stderr_text())
     );
     serde_json::from_str(p.stdout_text().lines().last().unwrap_or("{}"))
         .expect("fetch prints a JSON summary")
 }
 
-/// aria2 knows nothing of BEP 47: to seed an aligned torrent it needs the
-/// padding files on disk, as it would have written them itself.
-fn materialise_pads_for_aria2(f: &Fixture) {
+/// aria2 and Transmission 3.00 know nothing of BEP 47: to seed an aligned
+/// torrent they need the padding files on disk, as they would have written
+/// them themselves.
+fn materialise_pads(f: &Fixture) {
     let mut c = cmd();
     c.arg("inspect").arg(&f.torrent);
     let j: serde_json::Value = serde_json::from_slice(&run_ok(c).stdout).unwrap();
@@ -173,7 +214,7 @@ fn aria2_seeder_to_our_fetch() {
         let (_tracker, url) = start_tracker(&d.path().join("logs"), &[]);
         let f = Fixture::new(&format!("aria2-fetch-{align}"), align, Some(&url));
         if align {
-            materialise_pads_for_aria2(&f);
+            materialise_pads(&f);
         }
         let mut c = Command::new("aria2c");
         c.args(["-V", "--seed-ratio=0.0", "-d"])

@@ -1,5 +1,6 @@
 //! End-to-end and interop tests: the real `indexswarm` binary against real
-//! peers (aria2, python3-libtorrent, opentracker, mktorrent) on loopback.
+//! peers (aria2, python3-libtorrent, opentracker, mktorrent, rqbit, Transmission)
+//! on loopback, or in network namespaces where a peer refuses loopback.
 //! `.ci/run` installs the reference tools; a missing tool fails its test.
 
 mod bounds;
@@ -8,6 +9,7 @@ mod hostile;
 mod integrity;
 mod interop;
 mod master;
+mod netns;
 mod replica;
 mod search;
 mod stalls;
