@@ -3,6 +3,7 @@
 //! on loopback, or in network namespaces where a peer refuses loopback.
 //! `.ci/run` installs the reference tools; a missing tool fails its test.
 
+mod architecture;
 mod bounds;
 mod common;
 mod hostile;

@@ -216,6 +216,8 @@ pub(crate) struct Replica {
     pub(crate) proc: Proc,
     pub(crate) url: String,
     pub(crate) data: PathBuf,
+    /// Where it accepts peer connections.
+    pub(crate) peer_port: u16,
 }
 
 /// Starts `indexswarm replica` on fresh ports and waits for `/healthz`.
@@ -277,6 +279,7 @@ pub(crate) fn spawn_replica(
         proc: Proc::spawn(name, c, logs),
         url: format!("http://127.0.0.1:{http_port}"),
         data: data.to_path_buf(),
+        peer_port,
     }
 }
 

@@ -8,8 +8,14 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use indexswarm::metainfo::Metainfo;
+
 use crate::common::*;
 use crate::replica::{start_replica, Master, REPLICATE};
+use crate::strangers::spawn_sprayer;
 
 fn last_error(s: &serde_json::Value) -> String {
     s["last_error"].as_str().unwrap_or_default().to_string()
@@ -104,4 +110,39 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Finding 1 as it was reported: a replica downloading at 1 MiB/s and a
+/// stranger spraying unrequested garbage at its peer port (the info-hash is
+/// public in /versions/latest). On the old code the replica banned the
+/// master within a second and sat at the same progress, `last_error` empty,
+/// for good. Now the garbage is dropped and the version goes live.
+#[test]
+fn a_stranger_spraying_garbage_cannot_get_the_master_banned_by_a_replica() {
+    let d = test_dir("spray-replica");
+    let mut m = Master::start(d.path(), &["--upload-limit", "1M"]);
+    let v = m.publish_new("snap-1", 6 << 20, 8);
+    let meta = Metainfo::from_bytes(&m.torrent_bytes(v)).unwrap();
+    let r = start_replica(&m, &d.path().join("r"), "replica", &[], &[]);
+    r.wait_status(Duration::from_secs(30), "the download under way", |s| {
+        s["state"] == "downloading"
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    spawn_sprayer(meta, r.peer_port, stop.clone(), sent.clone());
+    r.wait_version(v, REPLICATE);
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        sent.load(Ordering::Relaxed) > 1 << 20,
+        "the stranger sent too little"
+    );
+    let log = r.proc.stderr_text();
+    let master = format!("127.0.0.1:{}", m.peer_port);
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("banning peer") && l.contains(&master)),
+        "the master was banned:\n{}",
+        tail(&log)
+    );
+    crate::replica::assert_live_is_complete(&m, &r.data, "after the spray");
 }

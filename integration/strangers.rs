@@ -90,7 +90,12 @@ fn stranger_id(n: u32) -> [u8; 20] {
 
 /// Sprays unrequested blocks of garbage for every piece, reconnecting when
 /// dropped, until `stop`. Counts the bytes it managed to send.
-fn spawn_sprayer(meta: Metainfo, target: u16, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
+pub(crate) fn spawn_sprayer(
+    meta: Metainfo,
+    target: u16,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+) {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
