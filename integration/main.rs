@@ -7,6 +7,7 @@ mod architecture;
 mod bounds;
 mod common;
 mod hostile;
+mod indexes;
 mod integrity;
 mod interop;
 mod master;

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::common::*;
 
+mod publish_cost;
 mod verify;
 
 /// Startup (the binary, a bound port, a restored registry).
@@ -176,11 +177,16 @@ impl MasterProc {
         }
     }
 
+    /// The sample of `name`: unlabelled, or the `default` index's (#8
+    /// labels the per-index metrics with `index`).
     fn metric(&self, name: &str) -> Option<f64> {
         let text = self.get("/metrics").text();
+        let labelled = format!("{name}{{index=\"default\"}}");
         text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            (k == name).then(|| v.trim().parse().ok()).flatten()
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name || k == labelled)
+                .then(|| v.trim().parse().ok())
+                .flatten()
         })
     }
 }

@@ -598,7 +598,7 @@ fn status_has_every_field_and_post_poll_fetches_at_once() {
     assert!(
         metrics
             .lines()
-            .any(|l| l.trim() == format!("indexswarm_current_version {v}")),
+            .any(|l| l.trim() == format!("indexswarm_current_version{{index=\"default\"}} {v}")),
         "{metrics}"
     );
 

@@ -213,12 +213,15 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 async fn replica(a: ReplicaArgs) -> Result<()> {
     let file = match &a.config {
-        Some(p) => crate::config::ConfigFile::load(p)?.replica,
-        None => crate::config::RawReplica::default(),
+        Some(p) => crate::config::ConfigFile::load(p)?,
+        None => crate::config::ConfigFile::default(),
     };
-    let cfg = file.overlay(a.settings).validate()?;
+    let cfg = file
+        .replica
+        .overlay(a.settings)
+        .validate_with(&file.index)?;
     let shutdown = crate::shutdown::on_signal();
-    let replica = crate::replica::Replica::start(cfg.clone())
+    let replica = crate::replica::ReplicaSet::start(cfg.clone())
         .await
         .context("cannot start the replica")?;
     let (addr, server) = crate::http::serve(
@@ -226,7 +229,16 @@ async fn replica(a: ReplicaArgs) -> Result<()> {
         cfg.http_listen,
         shutdown.clone(),
     )?;
-    tracing::info!("replica API on http://{addr}, master {}", cfg.master_url);
+    let names: Vec<&str> = cfg.indexes.iter().map(|i| i.index.as_str()).collect();
+    let master = cfg
+        .indexes
+        .first()
+        .map(|i| i.master_url.as_str())
+        .unwrap_or_default();
+    tracing::info!(
+        "replica API on http://{addr}, master {master}, indexes {}",
+        names.join(", ")
+    );
     let server = tokio::spawn(server);
     replica.run(shutdown).await;
     let _ = server.await;
@@ -235,10 +247,10 @@ async fn replica(a: ReplicaArgs) -> Result<()> {
 
 async fn master(a: MasterArgs) -> Result<()> {
     let file = match &a.config {
-        Some(p) => crate::config::ConfigFile::load(p)?.master,
-        None => crate::config::RawMaster::default(),
+        Some(p) => crate::config::ConfigFile::load(p)?,
+        None => crate::config::ConfigFile::default(),
     };
-    let cfg = file.overlay(a.settings).validate()?;
+    let cfg = file.master.overlay(a.settings).validate_with(&file.index)?;
     let shutdown = crate::shutdown::on_signal();
     let master = crate::master::Master::start(cfg.clone())
         .await
@@ -572,6 +584,7 @@ async fn create(a: CreateArgs) -> Result<()> {
         align_files: a.align_files,
         threads: a.threads,
         comment: None,
+        known: None,
     };
     let path = a.path.clone();
     // Size the progress bar from a quick scan (metadata only).

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::master::Master;
-use crate::replica::Replica;
+use crate::replica::{Replica, ReplicaSet};
 use crate::units::human_bytes;
 
 /// Deterministic incompressible bytes (xorshift64), fast enough for GiBs.
@@ -135,6 +135,8 @@ fn free_port() -> Result<u16> {
 
 struct Node {
     name: String,
+    set: Arc<ReplicaSet>,
+    /// The set's one index.
     replica: Arc<Replica>,
 }
 
@@ -299,19 +301,20 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
             ..Default::default()
         }
         .validate()?;
-        let replica = Replica::start(cfg.clone())
+        let set = ReplicaSet::start(cfg.clone())
             .await
             .with_context(|| format!("starting replica {i}"))?;
         let (_, server) = crate::http::serve(
-            crate::http::replica::routes(replica.clone()),
+            crate::http::replica::routes(set.clone()),
             cfg.http_listen,
             replicas_shutdown.clone(),
         )?;
         tokio::spawn(server);
-        tokio::spawn(replica.clone().run(replicas_shutdown.clone()));
+        tokio::spawn(set.clone().run(replicas_shutdown.clone()));
         nodes.push(Node {
             name: format!("replica-{i}"),
-            replica,
+            replica: set.replicas()[0].clone(),
+            set,
         });
     }
     let http = reqwest::Client::new();
@@ -343,9 +346,9 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         .await?;
 
     replicas_shutdown.cancel();
-    futures::future::join_all(nodes.iter().map(|n| n.replica.engine.shutdown())).await;
+    futures::future::join_all(nodes.iter().map(|n| n.set.engine.shutdown())).await;
     shutdown.cancel();
-    master.engine.shutdown().await;
+    master.engine().shutdown().await;
     println!("\nall {} replicas verified and swapped to versions {v1} and {v2}; files identical to the master's", nodes.len());
     if opts.dir.is_some() {
         println!("kept {}", root.display());
@@ -380,7 +383,7 @@ impl Report {
         limit: Duration,
     ) -> Result<()> {
         let uploaded = |master: &Arc<Master>, nodes: &[Node]| -> Vec<u64> {
-            let m = master.engine.totals().0;
+            let m = master.engine().totals().0;
             std::iter::once(m)
                 .chain(nodes.iter().map(|n| n.replica.status().bytes_uploaded))
                 .collect()

@@ -30,7 +30,12 @@ pub struct Metrics {
     registry: prometheus::Registry,
     counters: parking_lot::Mutex<std::collections::HashMap<String, prometheus::IntCounter>>,
     gauges: parking_lot::Mutex<std::collections::HashMap<String, prometheus::IntGauge>>,
+    counter_vecs: parking_lot::Mutex<std::collections::HashMap<String, prometheus::IntCounterVec>>,
+    gauge_vecs: parking_lot::Mutex<std::collections::HashMap<String, prometheus::IntGaugeVec>>,
 }
+
+/// The label every per-index metric carries.
+pub const INDEX_LABEL: &str = "index";
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -44,7 +49,70 @@ impl Metrics {
             registry: prometheus::Registry::new(),
             counters: Default::default(),
             gauges: Default::default(),
+            counter_vecs: Default::default(),
+            gauge_vecs: Default::default(),
         }
+    }
+
+    /// A counter with an `index` label, which the caller increments.
+    pub fn counter_vec(&self, name: &str, help: &str) -> prometheus::IntCounterVec {
+        let c = prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), &[INDEX_LABEL])
+            .unwrap_or_else(|_| {
+                prometheus::IntCounterVec::new(
+                    prometheus::Opts::new("indexswarm_invalid_metric_total", "bad metric name"),
+                    &[INDEX_LABEL],
+                )
+                .expect("static name")
+            });
+        let _ = self.registry.register(Box::new(c.clone()));
+        c
+    }
+
+    /// A histogram (seconds) with an `index` label.
+    pub fn histogram_vec(&self, name: &str, help: &str) -> prometheus::HistogramVec {
+        let opts = prometheus::HistogramOpts::new(name, help).buckets(vec![
+            0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+        ]);
+        let h = prometheus::HistogramVec::new(opts, &[INDEX_LABEL]).unwrap_or_else(|_| {
+            prometheus::HistogramVec::new(
+                prometheus::HistogramOpts::new("indexswarm_invalid_histogram", "bad"),
+                &[INDEX_LABEL],
+            )
+            .expect("static name")
+        });
+        let _ = self.registry.register(Box::new(h.clone()));
+        h
+    }
+
+    /// Raises counter `name{index=...}` to `value`.
+    pub fn set_counter_for(&self, name: &str, help: &str, index: &str, value: u64) {
+        let mut map = self.counter_vecs.lock();
+        let v = map
+            .entry(name.to_string())
+            .or_insert_with(|| self.counter_vec(name, help));
+        let c = v.with_label_values(&[index]);
+        let cur = c.get();
+        if value > cur {
+            c.inc_by(value - cur);
+        }
+    }
+
+    /// Sets gauge `name{index=...}`.
+    pub fn set_gauge_for(&self, name: &str, help: &str, index: &str, value: i64) {
+        let mut map = self.gauge_vecs.lock();
+        let v = map.entry(name.to_string()).or_insert_with(|| {
+            let g = prometheus::IntGaugeVec::new(prometheus::Opts::new(name, help), &[INDEX_LABEL])
+                .unwrap_or_else(|_| {
+                    prometheus::IntGaugeVec::new(
+                        prometheus::Opts::new("indexswarm_invalid_gauge", "bad metric name"),
+                        &[INDEX_LABEL],
+                    )
+                    .expect("static name")
+                });
+            let _ = self.registry.register(Box::new(g.clone()));
+            g
+        });
+        v.with_label_values(&[index]).set(value);
     }
 
     /// A counter the caller increments.

@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use super::index::{self, RawIndex, DEFAULT_INDEX};
 use super::{addr, local_host_name, pick, rate, secs, ConfigError};
 use crate::units::ByteSize;
 
@@ -68,6 +71,17 @@ pub struct RawMaster {
     /// Background re-verification of published data, bytes/s; 0 = off [default: 32M].
     #[arg(long, env = "INDEXSWARM_MASTER_VERIFY_RATE")]
     pub verify_rate: Option<ByteSize>,
+    /// Publish another index: its name and snapshots directory (repeatable;
+    /// the environment variable takes a comma-separated list). More
+    /// settings per index go in [index.NAME] tables of the config file.
+    #[arg(
+        long = "index",
+        value_name = "NAME=DIR",
+        env = "INDEXSWARM_MASTER_INDEX",
+        value_delimiter = ','
+    )]
+    #[serde(skip)]
+    pub index: Vec<String>,
 }
 
 /// Default `verify_rate`: SHA-1 runs at 500 MB/s or more on one core, so
@@ -98,27 +112,26 @@ impl RawMaster {
             max_peers_per_ip: pick(self.max_peers_per_ip, other.max_peers_per_ip),
             max_connections: pick(self.max_connections, other.max_connections),
             verify_rate: pick(self.verify_rate, other.verify_rate),
+            index: if other.index.is_empty() {
+                self.index
+            } else {
+                other.index
+            },
         }
     }
 
+    /// Validates the section alone (one index, from `snapshots_dir`).
     pub fn validate(self) -> Result<MasterConfig, ConfigError> {
+        self.validate_with(&BTreeMap::new())
+    }
+
+    /// Validates the section with the file's `[index.<name>]` tables.
+    pub fn validate_with(
+        self,
+        tables: &BTreeMap<String, RawIndex>,
+    ) -> Result<MasterConfig, ConfigError> {
         let mut errors = Vec::new();
-        let snapshots_dir = match self.snapshots_dir {
-            Some(d) if d.as_os_str().is_empty() => {
-                errors.push("snapshots_dir is empty".into());
-                PathBuf::new()
-            }
-            Some(d) => d,
-            None => {
-                errors.push(
-                    "snapshots_dir is required (--snapshots-dir or [master] snapshots_dir)".into(),
-                );
-                PathBuf::new()
-            }
-        };
-        let state_dir = self
-            .state_dir
-            .unwrap_or_else(|| snapshots_dir.join(".indexswarm"));
+        let indexes = self.indexes(tables, &mut errors);
         let http_listen = addr(
             "http_listen",
             self.http_listen.as_deref().unwrap_or("0.0.0.0:7070"),
@@ -141,24 +154,6 @@ impl RawMaster {
             }
             None => derive_url(http_listen),
         };
-        let settle = secs("settle_secs", self.settle_secs, 5, 0, &mut errors);
-        let keep_versions = self.keep_versions.unwrap_or(3);
-        if keep_versions == 0 {
-            errors.push("keep_versions must be at least 1".into());
-        }
-        if let Some(p) = self.piece_length {
-            if !(16 * 1024..=64 << 20).contains(&p.0) || !p.0.is_power_of_two() {
-                errors.push(format!(
-                    "piece_length = {p} must be a power of two from 16K to 64M"
-                ));
-            }
-        }
-        let marker_file = self.marker_file.filter(|m| !m.is_empty());
-        if let Some(m) = &marker_file {
-            if m.contains('/') || m == "." || m == ".." {
-                errors.push(format!("marker_file = {m:?} must be a plain file name"));
-            }
-        }
         // 0 has always meant "as often as possible": one second.
         let rescan =
             secs("rescan_secs", self.rescan_secs, 2, 0, &mut errors).max(Duration::from_secs(1));
@@ -187,23 +182,149 @@ impl RawMaster {
         }
         Ok(MasterConfig {
             limits,
-            snapshots_dir,
-            state_dir,
+            indexes,
             http_listen,
             peer_listen,
             public_url,
-            settle,
-            marker_file,
-            keep_versions,
-            delete_old_snapshots: self.delete_old_snapshots.unwrap_or(false),
             upload_limit,
             api_token: self.api_token.filter(|t| !t.is_empty()),
-            piece_length: self.piece_length.map(|p| p.0),
-            align_files: self.align_files.unwrap_or(true),
             rescan,
             announce_interval,
             verify_rate,
         })
+    }
+
+    /// Every index: `default` from `snapshots_dir`, then the tables and
+    /// `--index` flags; the section's settings are their defaults.
+    fn indexes(
+        &self,
+        tables: &BTreeMap<String, RawIndex>,
+        errors: &mut Vec<String>,
+    ) -> Vec<MasterIndex> {
+        let flags = index::parse_flags("index", &self.index, errors);
+        let mut named = index::merge(tables, flags, |t, d| t.snapshots_dir = Some(d), errors);
+        match &self.snapshots_dir {
+            Some(d) if d.as_os_str().is_empty() => errors.push("snapshots_dir is empty".into()),
+            Some(_) if named.contains_key(DEFAULT_INDEX) => errors.push(format!(
+                "snapshots_dir names the index {DEFAULT_INDEX:?}, which an [index.{DEFAULT_INDEX}] table or --index flag names too"
+            )),
+            Some(d) => {
+                named.insert(
+                    DEFAULT_INDEX.to_string(),
+                    RawIndex {
+                        snapshots_dir: Some(d.clone()),
+                        state_dir: self.state_dir.clone(),
+                        ..Default::default()
+                    },
+                );
+            }
+            None if named.is_empty() => {
+                errors.push(
+                    "snapshots_dir is required (--snapshots-dir, [master] snapshots_dir, --index NAME=DIR or [index.NAME])"
+                        .into(),
+                );
+                // Still check the section's per-index settings, so that one
+                // run lists every bad setting.
+                let probe = RawIndex {
+                    snapshots_dir: Some(PathBuf::from(".")),
+                    ..Default::default()
+                };
+                let _ = self.one_index(DEFAULT_INDEX.to_string(), probe, errors);
+            }
+            None => {}
+        }
+        let out: Vec<MasterIndex> = named
+            .into_iter()
+            .filter_map(|(name, t)| self.one_index(name, t, errors))
+            .collect();
+        index::distinct_dirs(
+            "snapshots directory",
+            out.iter().map(|i| (i.name.as_str(), &i.snapshots_dir)),
+            errors,
+        );
+        index::distinct_dirs(
+            "state directory",
+            out.iter().map(|i| (i.name.as_str(), &i.state_dir)),
+            errors,
+        );
+        nested_dirs(&out, errors);
+        out
+    }
+
+    fn one_index(
+        &self,
+        name: String,
+        t: RawIndex,
+        errors: &mut Vec<String>,
+    ) -> Option<MasterIndex> {
+        let Some(snapshots_dir) = t.snapshots_dir.filter(|d| !d.as_os_str().is_empty()) else {
+            errors.push(format!("[index.{name}] needs snapshots_dir"));
+            return None;
+        };
+        let settle = secs(
+            "settle_secs",
+            t.settle_secs.or(self.settle_secs),
+            5,
+            0,
+            errors,
+        );
+        let keep_versions = t.keep_versions.or(self.keep_versions).unwrap_or(3);
+        if keep_versions == 0 {
+            errors.push(format!(
+                "keep_versions of index {name:?} must be at least 1"
+            ));
+        }
+        let piece_length = t.piece_length.or(self.piece_length);
+        if let Some(p) = piece_length {
+            if !(16 * 1024..=64 << 20).contains(&p.0) || !p.0.is_power_of_two() {
+                errors.push(format!(
+                    "piece_length = {p} must be a power of two from 16K to 64M"
+                ));
+            }
+        }
+        let marker_file = t
+            .marker_file
+            .or_else(|| self.marker_file.clone())
+            .filter(|m| !m.is_empty());
+        if let Some(m) = &marker_file {
+            if m.contains('/') || m == "." || m == ".." {
+                errors.push(format!("marker_file = {m:?} must be a plain file name"));
+            }
+        }
+        Some(MasterIndex {
+            state_dir: t
+                .state_dir
+                .unwrap_or_else(|| snapshots_dir.join(".indexswarm")),
+            name,
+            snapshots_dir,
+            settle,
+            marker_file,
+            keep_versions,
+            delete_old_snapshots: t
+                .delete_old_snapshots
+                .or(self.delete_old_snapshots)
+                .unwrap_or(false),
+            piece_length: piece_length.map(|p| p.0),
+            align_files: t.align_files.or(self.align_files).unwrap_or(true),
+        })
+    }
+}
+
+/// One index's snapshots directory inside another's would be watched (and
+/// published) by both.
+fn nested_dirs(indexes: &[MasterIndex], errors: &mut Vec<String>) {
+    for a in indexes {
+        for b in indexes {
+            if a.name != b.name
+                && b.snapshots_dir.starts_with(&a.snapshots_dir)
+                && a.snapshots_dir != b.snapshots_dir
+            {
+                errors.push(format!(
+                    "the snapshots directory of index {:?} is inside that of index {:?}",
+                    b.name, a.name
+                ));
+            }
+        }
     }
 }
 
@@ -221,23 +342,31 @@ fn derive_url(listen: SocketAddr) -> String {
     format!("http://{host}:{}", listen.port())
 }
 
-/// Validated master settings.
+/// One index of the master, validated.
 #[derive(Debug, Clone)]
-pub struct MasterConfig {
+pub struct MasterIndex {
+    pub name: String,
     pub snapshots_dir: PathBuf,
     pub state_dir: PathBuf,
-    pub http_listen: SocketAddr,
-    pub peer_listen: SocketAddr,
-    /// Base URL of the API, no trailing slash.
-    pub public_url: String,
     pub settle: Duration,
     pub marker_file: Option<String>,
     pub keep_versions: usize,
     pub delete_old_snapshots: bool,
-    pub upload_limit: u64,
-    pub api_token: Option<String>,
     pub piece_length: Option<u64>,
     pub align_files: bool,
+}
+
+/// Validated master settings.
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    /// In name order; at least one.
+    pub indexes: Vec<MasterIndex>,
+    pub http_listen: SocketAddr,
+    pub peer_listen: SocketAddr,
+    /// Base URL of the API, no trailing slash.
+    pub public_url: String,
+    pub upload_limit: u64,
+    pub api_token: Option<String>,
     pub rescan: Duration,
     pub announce_interval: Duration,
     pub limits: super::PeerLimits,
@@ -262,11 +391,61 @@ mod tests {
             ..Default::default()
         };
         let c = file.overlay(flags).validate().unwrap();
-        assert_eq!(c.settle, Duration::from_secs(1));
-        assert_eq!(c.state_dir, PathBuf::from("/snap/.indexswarm"));
+        assert_eq!(c.indexes.len(), 1);
+        let i = &c.indexes[0];
+        assert_eq!(i.name, "default");
+        assert_eq!(i.settle, Duration::from_secs(1));
+        assert_eq!(i.state_dir, PathBuf::from("/snap/.indexswarm"));
         assert_eq!(c.public_url, "http://127.0.0.1:9000");
-        assert_eq!(c.keep_versions, 3);
-        assert!(c.align_files);
+        assert_eq!(i.keep_versions, 3);
+        assert!(i.align_files);
+    }
+
+    #[test]
+    fn index_tables_and_flags_with_section_defaults() {
+        let f: crate::config::ConfigFile = toml::from_str(
+            "[master]\nsettle_secs = 9\nkeep_versions = 4\n\
+             [index.products]\nsnapshots_dir = \"/s/products\"\nkeep_versions = 2\n\
+             [index.users]\nsnapshots_dir = \"/s/users\"\nmarker_file = \"DONE\"\n",
+        )
+        .unwrap();
+        let flags = RawMaster {
+            index: vec!["logs=/s/logs".into()],
+            ..Default::default()
+        };
+        let c = f.master.overlay(flags).validate_with(&f.index).unwrap();
+        let names: Vec<&str> = c.indexes.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["logs", "products", "users"]);
+        let by = |n: &str| c.indexes.iter().find(|i| i.name == n).unwrap().clone();
+        assert_eq!(by("products").keep_versions, 2);
+        assert_eq!(by("users").keep_versions, 4, "the section's default");
+        assert_eq!(by("users").marker_file.as_deref(), Some("DONE"));
+        assert_eq!(by("logs").settle, Duration::from_secs(9));
+        assert_eq!(by("logs").state_dir, PathBuf::from("/s/logs/.indexswarm"));
+    }
+
+    #[test]
+    fn bad_names_shared_and_nested_directories_are_refused() {
+        let raw = RawMaster {
+            snapshots_dir: Some("/s".into()),
+            index: vec![
+                "Bad=/x".into(),
+                "a=/s/a".into(),
+                "b=/y".into(),
+                "c=/y".into(),
+            ],
+            ..Default::default()
+        };
+        let err = raw.validate().unwrap_err().to_string();
+        for needle in [
+            "\"Bad\" must match",
+            "share the snapshots directory /y",
+            "index \"a\" is inside",
+        ] {
+            assert!(err.contains(needle), "{err} should mention {needle}");
+        }
+        let none = RawMaster::default().validate().unwrap_err().to_string();
+        assert!(none.contains("snapshots_dir is required"), "{none}");
     }
 
     #[test]

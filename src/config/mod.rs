@@ -7,6 +7,7 @@
 //! merged, then validated into `MasterConfig` / `ReplicaConfig`, which report
 //! every bad setting at once rather than the first.
 
+pub mod index;
 mod master;
 mod replica;
 
@@ -15,8 +16,9 @@ use std::time::Duration;
 
 use crate::units::ByteSize;
 
-pub use master::{MasterConfig, RawMaster};
-pub use replica::{RawReplica, ReplicaConfig, SolrConfig, SwapMode};
+pub use index::{RawIndex, DEFAULT_INDEX};
+pub use master::{MasterConfig, MasterIndex, RawMaster};
+pub use replica::{RawReplica, ReplicaConfig, ReplicaSetConfig, SolrConfig, SwapMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -39,6 +41,9 @@ pub struct ConfigFile {
     pub master: RawMaster,
     #[serde(default)]
     pub replica: RawReplica,
+    /// `[index.<name>]` tables.
+    #[serde(default)]
+    pub index: std::collections::BTreeMap<String, RawIndex>,
 }
 
 impl ConfigFile {
@@ -187,7 +192,7 @@ mod tests {
         raw.validate()
     }
 
-    fn replica(f: impl FnOnce(&mut RawReplica)) -> Result<ReplicaConfig, ConfigError> {
+    fn replica(f: impl FnOnce(&mut RawReplica)) -> Result<ReplicaSetConfig, ConfigError> {
         let mut raw = RawReplica {
             master_url: Some("http://m:7070".into()),
             data_dir: Some("/d".into()),

@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use super::index::{self, RawIndex, DEFAULT_INDEX};
 use super::{addr, pick, rate, secs, ConfigError};
 use crate::units::ByteSize;
 
@@ -81,6 +84,17 @@ pub struct RawReplica {
     #[command(flatten)]
     #[serde(default)]
     pub solr: RawSolr,
+    /// Follow another index of the master into its own data directory
+    /// (repeatable; the environment variable takes a comma-separated list).
+    /// More settings per index go in [index.NAME] tables.
+    #[arg(
+        long = "index",
+        value_name = "NAME=DATA_DIR",
+        env = "INDEXSWARM_REPLICA_INDEX",
+        value_delimiter = ','
+    )]
+    #[serde(skip)]
+    pub index: Vec<String>,
 }
 
 impl RawReplica {
@@ -106,12 +120,26 @@ impl RawReplica {
                 core_admin_url: pick(self.solr.core_admin_url, o.solr.core_admin_url),
                 core: pick(self.solr.core, o.solr.core),
             },
+            index: if o.index.is_empty() {
+                self.index
+            } else {
+                o.index
+            },
         }
     }
 
-    pub fn validate(self) -> Result<ReplicaConfig, ConfigError> {
+    /// Validates the section alone (one index, from `data_dir`).
+    pub fn validate(self) -> Result<ReplicaSetConfig, ConfigError> {
+        self.validate_with(&BTreeMap::new())
+    }
+
+    /// Validates the section with the file's `[index.<name>]` tables.
+    pub fn validate_with(
+        self,
+        tables: &BTreeMap<String, RawIndex>,
+    ) -> Result<ReplicaSetConfig, ConfigError> {
         let mut errors = Vec::new();
-        let master_url = match self.master_url.filter(|s| !s.trim().is_empty()) {
+        let master_url = match self.master_url.as_deref().filter(|s| !s.trim().is_empty()) {
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
                 u.trim_end_matches('/').to_string()
             }
@@ -126,13 +154,6 @@ impl RawReplica {
                 String::new()
             }
         };
-        let data_dir = self
-            .data_dir
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or_else(|| {
-                errors.push("data_dir is required (--data-dir or [replica] data_dir)".into());
-                PathBuf::new()
-            });
         let http_listen = addr(
             "http_listen",
             self.http_listen.as_deref().unwrap_or("0.0.0.0:7071"),
@@ -143,73 +164,191 @@ impl RawReplica {
             self.peer_listen.as_deref().unwrap_or("0.0.0.0:6882"),
             &mut errors,
         );
-        let poll_interval = secs(
-            "poll_interval_secs",
-            self.poll_interval_secs,
-            10,
-            1,
-            &mut errors,
-        );
-        let seed_old = secs("seed_old_secs", self.seed_old_secs, 300, 0, &mut errors);
-        let download_limit = rate("download_limit", self.download_limit, 0, &mut errors);
-        let upload_limit = rate("upload_limit", self.upload_limit, 0, &mut errors);
-        let mode = match self.mode.as_deref().unwrap_or("symlink") {
-            "symlink" => SwapMode::Symlink,
-            "solr" => {
-                let core_data_dir = self.solr.core_data_dir.clone().unwrap_or_else(|| {
-                    errors.push("mode = \"solr\" needs [replica.solr] core_data_dir".into());
-                    PathBuf::new()
-                });
-                let core = self
-                    .solr
-                    .core
-                    .clone()
-                    .filter(|c| !c.is_empty())
-                    .unwrap_or_else(|| {
-                        errors.push("mode = \"solr\" needs [replica.solr] core".into());
-                        String::new()
-                    });
-                SwapMode::Solr(SolrConfig {
-                    core_data_dir,
-                    core_admin_url: self
-                        .solr
-                        .core_admin_url
-                        .clone()
-                        .unwrap_or_else(|| "http://localhost:8983/solr/admin/cores".into()),
-                    core,
-                })
-            }
-            other => {
-                errors.push(format!("mode = {other:?} must be \"symlink\" or \"solr\""));
-                SwapMode::Symlink
-            }
+        let shared = Shared {
+            master_url,
+            poll_interval: secs(
+                "poll_interval_secs",
+                self.poll_interval_secs,
+                10,
+                1,
+                &mut errors,
+            ),
+            seed_old: secs("seed_old_secs", self.seed_old_secs, 300, 0, &mut errors),
+            stall: secs("stall_secs", self.stall_secs, 60, 1, &mut errors),
+            limits: super::peer_limits(
+                self.max_peers,
+                self.max_peers_per_ip,
+                self.max_connections,
+                &mut errors,
+            ),
+            http_listen,
+            peer_listen,
+            download_limit: rate("download_limit", self.download_limit, 0, &mut errors),
+            upload_limit: rate("upload_limit", self.upload_limit, 0, &mut errors),
         };
-        let stall = secs("stall_secs", self.stall_secs, 60, 1, &mut errors);
-        let limits = super::peer_limits(
-            self.max_peers,
-            self.max_peers_per_ip,
-            self.max_connections,
-            &mut errors,
-        );
+        let indexes = self.indexes(&shared, tables, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
         }
-        Ok(ReplicaConfig {
-            stall,
-            limits,
-            master_url,
-            data_dir,
+        Ok(ReplicaSetConfig {
             http_listen,
             peer_listen,
-            poll_interval,
-            keep_versions: self.keep_versions.unwrap_or(2),
-            mode,
-            on_swap: self.on_swap.filter(|s| !s.trim().is_empty()),
-            download_limit,
-            upload_limit,
-            seed_old,
+            download_limit: shared.download_limit,
+            upload_limit: shared.upload_limit,
+            limits: shared.limits,
+            indexes,
         })
     }
+
+    /// Every index followed: `default` from `data_dir`, then the tables
+    /// and `--index` flags, with the section's settings as defaults.
+    fn indexes(
+        &self,
+        shared: &Shared,
+        tables: &BTreeMap<String, RawIndex>,
+        errors: &mut Vec<String>,
+    ) -> Vec<ReplicaConfig> {
+        let flags = index::parse_flags("index", &self.index, errors);
+        let mut named = index::merge(tables, flags, |t, d| t.data_dir = Some(d), errors);
+        match &self.data_dir {
+            Some(d) if d.as_os_str().is_empty() => errors.push("data_dir is empty".into()),
+            Some(_) if named.contains_key(DEFAULT_INDEX) => errors.push(format!(
+                "data_dir names the index {DEFAULT_INDEX:?}, which an [index.{DEFAULT_INDEX}] table or --index flag names too"
+            )),
+            Some(d) => {
+                named.insert(
+                    DEFAULT_INDEX.to_string(),
+                    RawIndex {
+                        data_dir: Some(d.clone()),
+                        ..Default::default()
+                    },
+                );
+            }
+            None if named.is_empty() => errors.push(
+                "data_dir is required (--data-dir, [replica] data_dir, --index NAME=DATA_DIR or [index.NAME])"
+                    .into(),
+            ),
+            None => {}
+        }
+        let out: Vec<ReplicaConfig> = named
+            .into_iter()
+            .filter_map(|(name, t)| self.one_index(shared, name, t, errors))
+            .collect();
+        index::distinct_dirs(
+            "data directory",
+            out.iter().map(|i| (i.index.as_str(), &i.data_dir)),
+            errors,
+        );
+        out
+    }
+
+    fn one_index(
+        &self,
+        shared: &Shared,
+        name: String,
+        t: RawIndex,
+        errors: &mut Vec<String>,
+    ) -> Option<ReplicaConfig> {
+        let Some(data_dir) = t.data_dir.filter(|d| !d.as_os_str().is_empty()) else {
+            errors.push(format!("[index.{name}] needs data_dir"));
+            return None;
+        };
+        // A table's own [index.NAME.solr] wins; the default index uses [replica.solr].
+        let solr = if name == DEFAULT_INDEX && t.mode.is_none() {
+            self.solr.clone()
+        } else {
+            t.solr.clone()
+        };
+        let mode = t.mode.clone().or_else(|| self.mode.clone());
+        let mode = swap_mode(mode.as_deref(), &solr, &name, errors);
+        Some(ReplicaConfig {
+            index: name,
+            master_url: shared.master_url.clone(),
+            data_dir,
+            http_listen: shared.http_listen,
+            peer_listen: shared.peer_listen,
+            poll_interval: shared.poll_interval,
+            keep_versions: t.keep_versions.or(self.keep_versions).unwrap_or(2),
+            mode,
+            on_swap: t
+                .on_swap
+                .or_else(|| self.on_swap.clone())
+                .filter(|s| !s.trim().is_empty()),
+            download_limit: shared.download_limit,
+            upload_limit: shared.upload_limit,
+            seed_old: shared.seed_old,
+            stall: shared.stall,
+            limits: shared.limits,
+        })
+    }
+}
+
+/// What every index of the replica shares.
+struct Shared {
+    master_url: String,
+    poll_interval: Duration,
+    seed_old: Duration,
+    stall: Duration,
+    limits: super::PeerLimits,
+    http_listen: SocketAddr,
+    peer_listen: SocketAddr,
+    download_limit: u64,
+    upload_limit: u64,
+}
+
+fn swap_mode(
+    mode: Option<&str>,
+    solr: &RawSolr,
+    index: &str,
+    errors: &mut Vec<String>,
+) -> SwapMode {
+    let section = if index == DEFAULT_INDEX {
+        "[replica.solr]".to_string()
+    } else {
+        format!("[index.{index}.solr]")
+    };
+    match mode.unwrap_or("symlink") {
+        "symlink" => SwapMode::Symlink,
+        "solr" => {
+            let core_data_dir = solr.core_data_dir.clone().unwrap_or_else(|| {
+                errors.push(format!("mode = \"solr\" needs {section} core_data_dir"));
+                PathBuf::new()
+            });
+            let core = solr
+                .core
+                .clone()
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| {
+                    errors.push(format!("mode = \"solr\" needs {section} core"));
+                    String::new()
+                });
+            SwapMode::Solr(SolrConfig {
+                core_data_dir,
+                core_admin_url: solr
+                    .core_admin_url
+                    .clone()
+                    .unwrap_or_else(|| "http://localhost:8983/solr/admin/cores".into()),
+                core,
+            })
+        }
+        other => {
+            errors.push(format!("mode = {other:?} must be \"symlink\" or \"solr\""));
+            SwapMode::Symlink
+        }
+    }
+}
+
+/// Validated replica settings: the sidecar's, and one [`ReplicaConfig`] per
+/// index it follows.
+#[derive(Debug, Clone)]
+pub struct ReplicaSetConfig {
+    pub http_listen: SocketAddr,
+    pub peer_listen: SocketAddr,
+    pub download_limit: u64,
+    pub upload_limit: u64,
+    pub limits: super::PeerLimits,
+    /// In name order; at least one.
+    pub indexes: Vec<ReplicaConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,9 +364,11 @@ pub enum SwapMode {
     Solr(SolrConfig),
 }
 
-/// Validated replica settings.
+/// One index's replica settings (the sidecar's shared ones included).
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
+    /// The index followed (`default`: the master's unprefixed routes).
+    pub index: String,
     pub master_url: String,
     pub data_dir: PathBuf,
     pub http_listen: SocketAddr,
@@ -269,9 +410,39 @@ mod tests {
              [replica.solr]\ncore_data_dir = \"/var/solr/data/c1/data\"\ncore = \"c1\"\n",
         )
         .unwrap();
-        let c = f.replica.validate().unwrap();
+        let set = f.replica.validate_with(&f.index).unwrap();
+        assert_eq!(set.download_limit, 10 << 20);
+        let c = &set.indexes[0];
+        assert_eq!(c.index, "default");
         assert_eq!(c.master_url, "http://m:7070");
-        assert_eq!(c.download_limit, 10 << 20);
         assert!(matches!(c.mode, SwapMode::Solr(ref s) if s.core == "c1"));
+    }
+
+    #[test]
+    fn several_indexes_each_with_its_own_directory_and_swap() {
+        let f: crate::config::ConfigFile = toml::from_str(
+            "[replica]\nmaster_url = \"http://m:7070\"\nkeep_versions = 5\n\
+             [index.products]\ndata_dir = \"/d/products\"\nmode = \"solr\"\n\
+             [index.products.solr]\ncore_data_dir = \"/var/solr/p/data\"\ncore = \"p\"\n\
+             [index.users]\ndata_dir = \"/d/users\"\nkeep_versions = 1\n",
+        )
+        .unwrap();
+        let flags = RawReplica {
+            index: vec!["logs=/d/logs".into()],
+            ..Default::default()
+        };
+        let set = f.replica.overlay(flags).validate_with(&f.index).unwrap();
+        let names: Vec<&str> = set.indexes.iter().map(|i| i.index.as_str()).collect();
+        assert_eq!(names, ["logs", "products", "users"]);
+        assert!(matches!(set.indexes[1].mode, SwapMode::Solr(ref s) if s.core == "p"));
+        assert_eq!(set.indexes[2].keep_versions, 1);
+        assert_eq!(set.indexes[0].keep_versions, 5, "the section's default");
+        let shared = RawReplica {
+            master_url: Some("http://m:7070".into()),
+            index: vec!["a=/d/x".into(), "b=/d/x".into()],
+            ..Default::default()
+        };
+        let err = shared.validate().unwrap_err().to_string();
+        assert!(err.contains("share the data directory"), "{err}");
     }
 }

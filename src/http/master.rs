@@ -9,7 +9,7 @@ use warp::http::StatusCode;
 use warp::Filter;
 
 use super::{error, json, text, Reply};
-use crate::master::{Master, PublishError};
+use crate::master::{Index, Master, PublishError};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,57 +115,94 @@ where
     Ok(Bytes::from(out))
 }
 
-async fn post_snapshot(
-    master: Arc<Master>,
-    auth: Option<String>,
-    body: Result<Bytes, BodyError>,
-) -> Result<Reply, warp::Rejection> {
-    if let Some(token) = &master.cfg.api_token {
-        let ok = auth
-            .as_deref()
+/// The index a route names (`/indexes/{name}/...`), or the one the
+/// unprefixed routes serve; an error reply when there is none.
+/// (The reply is boxed: a `Response` is large and the error path is rare.)
+fn pick(master: &Master, name: Option<&str>) -> Result<Arc<Index>, Box<Reply>> {
+    let found = match name {
+        Some(n) => master.index(n),
+        None => master.default_index(),
+    };
+    found.cloned().ok_or_else(|| {
+        let names: Vec<&str> = master.indexes().iter().map(|i| i.name.as_str()).collect();
+        let message = match name {
+            Some(n) => format!(
+                "no index named {n:?}; this master serves {}",
+                names.join(", ")
+            ),
+            None => format!(
+                "this master serves several indexes ({}); use /indexes/{{name}}/...",
+                names.join(", ")
+            ),
+        };
+        Box::new(error(StatusCode::NOT_FOUND, message))
+    })
+}
+
+/// Does the request carry the API token (when one is configured)?
+fn authorized(master: &Master, auth: Option<&str>) -> bool {
+    match &master.cfg().api_token {
+        None => true,
+        Some(token) => auth
             .and_then(|a| a.strip_prefix("Bearer "))
-            .is_some_and(|t| t.trim() == token);
-        if !ok {
-            return Ok(error(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token",
-            ));
-        }
+            .is_some_and(|t| t.trim() == token),
     }
+}
+
+/// The body of `POST /snapshot`: empty, or `{"path": "DIR"}`.
+fn snapshot_request(body: Result<Bytes, BodyError>) -> Result<SnapshotRequest, Box<Reply>> {
     let body = match body {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
-            return Ok(error(
+            return Err(Box::new(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body larger than {BODY_LIMIT} bytes"),
-            ))
+            )))
         }
         Err(BodyError::Read(e)) => {
-            return Ok(error(
+            return Err(Box::new(error(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read the request body: {e}"),
-            ))
+            )))
         }
     };
-    let req: SnapshotRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        SnapshotRequest { path: None }
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                return Ok(error(
-                    StatusCode::BAD_REQUEST,
-                    format!("body must be {{\"path\": \"DIR\"}}: {e}"),
-                ))
-            }
-        }
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(SnapshotRequest { path: None });
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("body must be {{\"path\": \"DIR\"}}: {e}"),
+        ))
+    })
+}
+
+async fn post_snapshot(
+    master: Arc<Master>,
+    index: Option<String>,
+    auth: Option<String>,
+    body: Result<Bytes, BodyError>,
+) -> Result<Reply, warp::Rejection> {
+    if !authorized(&master, auth.as_deref()) {
+        return Ok(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ));
+    }
+    let idx = match pick(&master, index.as_deref()) {
+        Ok(i) => i,
+        Err(reply) => return Ok(*reply),
+    };
+    let req = match snapshot_request(body) {
+        Ok(r) => r,
+        Err(reply) => return Ok(*reply),
     };
     let name = match req.path {
-        Some(p) => match resolve(&master.cfg.snapshots_dir, &p) {
+        Some(p) => match resolve(&idx.cfg.snapshots_dir, &p) {
             Ok(n) => n,
             Err((status, message)) => return Ok(error(status, message)),
         },
-        None => match master.newest_dir() {
+        None => match idx.newest_dir() {
             Some(n) => n,
             None => {
                 return Ok(error(
@@ -176,49 +213,133 @@ async fn post_snapshot(
             }
         },
     };
-    Ok(match master.publish(&name).await {
-        Ok((rec, true)) => json(StatusCode::CREATED, &master.version_info(&rec)),
-        Ok((rec, false)) => json(StatusCode::OK, &master.version_info(&rec)),
+    Ok(match idx.publish(&name).await {
+        Ok((rec, true)) => json(StatusCode::CREATED, &idx.version_info(&rec)),
+        Ok((rec, false)) => json(StatusCode::OK, &idx.version_info(&rec)),
         Err(PublishError::BadPath(m)) => error(StatusCode::BAD_REQUEST, m),
         Err(PublishError::NotFound(m)) => error(StatusCode::NOT_FOUND, m),
         Err(e @ PublishError::Changed(_)) => error(StatusCode::CONFLICT, e.to_string()),
-        Err(PublishError::Failed(m)) => error(StatusCode::INTERNAL_SERVER_ERROR, m),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            crate::util::error_chain(&e),
+        ),
     })
+}
+
+fn versions_of(m: &Master, index: Option<&str>) -> Reply {
+    match pick(m, index) {
+        Ok(i) => json(StatusCode::OK, &i.versions()),
+        Err(r) => *r,
+    }
+}
+
+fn latest_of(m: &Master, index: Option<&str>) -> Reply {
+    match pick(m, index).map(|i| i.versions().into_iter().next()) {
+        Ok(Some(v)) => json(StatusCode::OK, &v),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no version published yet"),
+        Err(r) => *r,
+    }
+}
+
+fn torrent_of(m: &Master, index: Option<&str>, n: u64) -> Reply {
+    match pick(m, index).map(|i| i.torrent(n)) {
+        Ok(Some(bytes)) => text(StatusCode::OK, "application/x-bittorrent", bytes),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no published version {n}")),
+        Err(r) => *r,
+    }
+}
+
+/// `GET /indexes`: every index with its latest version and its versions.
+fn list_indexes(m: &Master) -> Reply {
+    let list: Vec<serde_json::Value> = m
+        .indexes()
+        .iter()
+        .map(|i| {
+            let versions = i.versions();
+            serde_json::json!({
+                "name": i.name,
+                "latest_version": versions.first().map(|v| v.version),
+                "versions": versions,
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &list)
+}
+
+/// The version routes, unprefixed (the default index) and per index.
+fn version_routes(
+    m: impl Filter<Extract = (Arc<Master>,), Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+) -> impl Filter<Extract = (Reply,), Error = warp::Rejection> + Clone {
+    let get = warp::get();
+    let versions = warp::path!("versions")
+        .and(get)
+        .and(m.clone())
+        .map(|m: Arc<Master>| versions_of(&m, None));
+    let latest = warp::path!("versions" / "latest")
+        .and(get)
+        .and(m.clone())
+        .map(|m: Arc<Master>| latest_of(&m, None));
+    let torrent = warp::path!("versions" / u64 / "torrent")
+        .and(get)
+        .and(m.clone())
+        .map(|n: u64, m: Arc<Master>| torrent_of(&m, None, n));
+    let indexes = warp::path!("indexes")
+        .and(get)
+        .and(m.clone())
+        .map(|m: Arc<Master>| list_indexes(&m));
+    let i_versions = warp::path!("indexes" / String / "versions")
+        .and(get)
+        .and(m.clone())
+        .map(|i: String, m: Arc<Master>| versions_of(&m, Some(&i)));
+    let i_latest = warp::path!("indexes" / String / "versions" / "latest")
+        .and(get)
+        .and(m.clone())
+        .map(|i: String, m: Arc<Master>| latest_of(&m, Some(&i)));
+    let i_torrent = warp::path!("indexes" / String / "versions" / u64 / "torrent")
+        .and(get)
+        .and(m)
+        .map(|i: String, n: u64, m: Arc<Master>| torrent_of(&m, Some(&i), n));
+    latest
+        .or(versions)
+        .unify()
+        .or(torrent)
+        .unify()
+        .or(indexes)
+        .unify()
+        .or(i_latest)
+        .unify()
+        .or(i_versions)
+        .unify()
+        .or(i_torrent)
+        .unify()
 }
 
 pub fn routes(
     master: Arc<Master>,
 ) -> impl Filter<Extract = (Reply,), Error = std::convert::Infallible> + Clone {
-    let tracker = crate::tracker::routes(master.tracker.clone());
+    let tracker = crate::tracker::routes(master.tracker().clone());
     let m = warp::any().map(move || master.clone());
 
     let snapshot = warp::path!("snapshot")
         .and(warp::post())
         .and(m.clone())
+        .map(|m| (m, None::<String>))
+        .untuple_one()
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::body::stream().then(read_body))
         .and_then(post_snapshot);
-
-    let versions = warp::path!("versions")
-        .and(warp::get())
+    let i_snapshot = warp::path!("indexes" / String / "snapshot")
+        .and(warp::post())
         .and(m.clone())
-        .map(|m: Arc<Master>| json(StatusCode::OK, &m.versions()));
-
-    let latest = warp::path!("versions" / "latest")
-        .and(warp::get())
-        .and(m.clone())
-        .map(|m: Arc<Master>| match m.versions().into_iter().next() {
-            Some(v) => json(StatusCode::OK, &v),
-            None => error(StatusCode::NOT_FOUND, "no version published yet"),
-        });
-
-    let torrent = warp::path!("versions" / u64 / "torrent")
-        .and(warp::get())
-        .and(m.clone())
-        .map(|n: u64, m: Arc<Master>| match m.torrent(n) {
-            Some(bytes) => text(StatusCode::OK, "application/x-bittorrent", bytes),
-            None => error(StatusCode::NOT_FOUND, format!("no published version {n}")),
-        });
+        .map(|i: String, m| (m, Some(i)))
+        .untuple_one()
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::body::stream().then(read_body))
+        .and_then(post_snapshot);
 
     let status = warp::path!("status")
         .and(warp::get())
@@ -237,11 +358,9 @@ pub fn routes(
         });
 
     snapshot
-        .or(latest)
+        .or(i_snapshot)
         .unify()
-        .or(versions)
-        .unify()
-        .or(torrent)
+        .or(version_routes(m.clone()))
         .unify()
         .or(status)
         .unify()

@@ -6,7 +6,7 @@ use warp::http::StatusCode;
 use warp::Filter;
 
 use super::{json, text, Reply};
-use crate::replica::Replica;
+use crate::replica::ReplicaSet as Replica;
 
 pub fn routes(
     replica: Arc<Replica>,

@@ -3,6 +3,7 @@
 //! Also the reverse paths: retention, withdrawal of modified snapshots, and
 //! restoring seeding after a restart.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,11 +12,13 @@ use tracing::{info, warn};
 
 use super::registry::{SourceRecord, VersionRecord, VersionState};
 use super::watcher::{fingerprint, ignored};
-use super::Master;
-use crate::metainfo::{build, BuildOptions, Metainfo};
+use super::Index;
+use crate::metainfo::{build, BuildOptions, FileId, KnownPieces, Metainfo};
 use crate::swarm::{Check, Mode, SessionOptions};
 use crate::util::{now_rfc3339, write_atomic};
 
+/// Why a snapshot was not published: the first three are the caller's
+/// (HTTP 400, 404, 409), the rest the master's (HTTP 500, with the cause).
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("{0}")]
@@ -24,8 +27,58 @@ pub enum PublishError {
     NotFound(String),
     #[error("{0} changed while it was being hashed; it will be published once it settles")]
     Changed(String),
-    #[error("{0}")]
-    Failed(String),
+    #[error("cannot build a torrent of {name}")]
+    Build {
+        name: String,
+        #[source]
+        source: crate::metainfo::BuildError,
+    },
+    #[error("cannot store {}", path.display())]
+    Store {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot seed {name}")]
+    Seed {
+        name: String,
+        #[source]
+        source: SeedError,
+    },
+    #[error("cannot record the new version")]
+    Registry(#[from] super::registry::RegistryError),
+    #[error("a blocking task of the publisher failed")]
+    Task,
+}
+
+/// What the last publication cost (`/status` `last_publish`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PublishStats {
+    pub version: u64,
+    pub seconds: f64,
+    /// Bytes read and hashed.
+    pub hashed_bytes: u64,
+    /// Bytes whose piece hashes were reused from an earlier version.
+    pub reused_bytes: u64,
+}
+
+/// Why seeding a version could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    #[error(transparent)]
+    Engine(#[from] crate::swarm::EngineError),
+    #[error("its data did not check out")]
+    Check(#[from] crate::swarm::SessionError),
+}
+
+impl PublishError {
+    /// The caller's mistake (4xx) rather than the master's (5xx)?
+    pub fn is_bad_request(&self) -> bool {
+        matches!(
+            self,
+            PublishError::BadPath(_) | PublishError::NotFound(_) | PublishError::Changed(_)
+        )
+    }
 }
 
 fn seed_options(limits: &crate::config::PeerLimits) -> SessionOptions {
@@ -41,7 +94,7 @@ fn seed_options(limits: &crate::config::PeerLimits) -> SessionOptions {
     }
 }
 
-impl Master {
+impl Index {
     /// Publishes the snapshot directory `name` (a direct child of the
     /// snapshots directory). Returns the version and whether it is new.
     pub async fn publish(
@@ -77,19 +130,27 @@ impl Master {
             }
         }
         let started = Instant::now();
+        let me = self.clone();
+        let known = tokio::task::spawn_blocking(move || me.known_pieces())
+            .await
+            .map_err(|_| PublishError::Task)?;
         let opts = BuildOptions {
-            announce: vec![format!("{}/announce", self.cfg.public_url)],
+            announce: vec![format!("{}/announce", self.shared.cfg.public_url)],
             piece_length: self.cfg.piece_length,
             name: Some(name.to_string()),
             align_files: self.cfg.align_files,
             threads: 0,
             comment: Some(format!("indexswarm snapshot {name}")),
+            known: Some(Arc::new(known)),
         };
         let d2 = dir.clone();
         let built = tokio::task::spawn_blocking(move || build(&d2, &opts, &AtomicU64::new(0)))
             .await
-            .map_err(|e| PublishError::Failed(format!("hashing task failed: {e}")))?
-            .map_err(|e| PublishError::Failed(format!("cannot build a torrent of {name}: {e}")))?;
+            .map_err(|_| PublishError::Task)?
+            .map_err(|source| PublishError::Build {
+                name: name.to_string(),
+                source,
+            })?;
         // Half-written directories are never published: the files must not
         // have moved while we hashed them.
         let d3 = dir.clone();
@@ -112,15 +173,19 @@ impl Master {
         let tp = torrent_path.clone();
         tokio::task::spawn_blocking(move || write_atomic(&tp, &bytes))
             .await
-            .map_err(|e| PublishError::Failed(e.to_string()))?
-            .map_err(|e| {
-                PublishError::Failed(format!("cannot store {}: {e}", torrent_path.display()))
+            .map_err(|_| PublishError::Task)?
+            .map_err(|source| PublishError::Store {
+                path: torrent_path.clone(),
+                source,
             })?;
 
         let meta = Arc::new(built.meta);
         self.start_seeding(meta.clone(), Check::AssumeComplete)
             .await
-            .map_err(|e| PublishError::Failed(format!("cannot seed {name}: {e}")))?;
+            .map_err(|source| PublishError::Seed {
+                name: name.to_string(),
+                source,
+            })?;
 
         let rec = VersionRecord {
             version,
@@ -134,20 +199,40 @@ impl Master {
             note: None,
             sources,
         };
-        self.registry
-            .lock()
-            .push(rec.clone())
-            .map_err(|e| PublishError::Failed(e.to_string()))?;
+        self.registry.lock().push(rec.clone())?;
         self.registry_changed();
         let secs = started.elapsed().as_secs_f64();
-        self.metrics.publish_seconds.observe(secs);
-        self.metrics.published.inc();
+        self.shared
+            .metrics
+            .publish_seconds
+            .with_label_values(&[&self.name])
+            .observe(secs);
+        self.shared
+            .metrics
+            .published
+            .with_label_values(&[&self.name])
+            .inc();
+        let m = &self.shared.metrics;
+        m.hashed_bytes
+            .with_label_values(&[&self.name])
+            .inc_by(built.hashed_bytes);
+        m.reused_bytes
+            .with_label_values(&[&self.name])
+            .inc_by(built.reused_bytes);
+        *self.last_publish.lock() = Some(PublishStats {
+            version,
+            seconds: secs,
+            hashed_bytes: built.hashed_bytes,
+            reused_bytes: built.reused_bytes,
+        });
         info!(
             version,
             name,
             info_hash = %meta.info_hash,
             files = rec.files,
             bytes = rec.bytes,
+            hashed = built.hashed_bytes,
+            reused = built.reused_bytes,
             secs = format!("{secs:.2}"),
             "published"
         );
@@ -155,38 +240,74 @@ impl Master {
         Ok((rec, true))
     }
 
+    /// The piece hashes of every published version's files, by identity
+    /// (device, inode, size, mtime), for the next build to reuse.
+    fn known_pieces(&self) -> KnownPieces {
+        let published = self.registry.lock().published();
+        let mut known = KnownPieces::default();
+        for rec in published.iter().rev() {
+            let path = self.registry.lock().torrent_path(rec.version);
+            let Some(meta) = std::fs::read(&path)
+                .ok()
+                .and_then(|b| Metainfo::from_bytes(&b).ok())
+            else {
+                continue;
+            };
+            let ids: HashMap<&str, FileId> = rec
+                .sources
+                .iter()
+                .map(|s| (s.path.as_str(), s.id()))
+                .collect();
+            known.learn(&meta, |f| ids.get(f.display_path().as_str()).copied());
+        }
+        known
+    }
+
     /// Registers with the tracker and starts the seeding session.
     pub(super) async fn start_seeding(
         &self,
         meta: Arc<Metainfo>,
         check: Check,
-    ) -> Result<(), String> {
-        self.tracker.register(meta.info_hash);
-        self.tracker
-            .add_static_seed(meta.info_hash, self.engine.peer_id(), self.peer_addr);
-        if self.engine.get(&meta.info_hash).is_some() {
+    ) -> Result<(), SeedError> {
+        self.shared.tracker.register(meta.info_hash);
+        self.shared.tracker.add_static_seed(
+            meta.info_hash,
+            self.shared.engine.peer_id(),
+            self.shared.peer_addr,
+        );
+        if self.shared.engine.get(&meta.info_hash).is_some() {
             return Ok(());
         }
         let opts = SessionOptions {
             check,
-            ..seed_options(&self.cfg.limits)
+            ..seed_options(&self.shared.cfg.limits)
         };
         let session = self
+            .shared
             .engine
-            .add(meta, self.cfg.snapshots_dir.clone(), opts)
-            .map_err(|e| e.to_string())?;
-        session.wait_checked().await.map_err(|e| e.to_string())
+            .add(meta, self.cfg.snapshots_dir.clone(), opts)?;
+        Ok(session.wait_checked().await?)
     }
 
     async fn stop_seeding(&self, rec: &VersionRecord) {
-        self.tracker.unregister(&rec.info_hash);
-        if let Some(s) = self.engine.get(&rec.info_hash) {
+        self.shared.tracker.unregister(&rec.info_hash);
+        if let Some(s) = self.shared.engine.get(&rec.info_hash) {
             s.stop().await;
         }
     }
 
-    /// Retires published versions beyond `keep_versions`.
+    /// Retires published versions beyond `keep_versions`, then forgets
+    /// what no longer needs remembering (`Registry::prune`).
     pub(super) async fn apply_retention(&self) {
+        self.retire_old().await;
+        let root = self.cfg.snapshots_dir.clone();
+        let exists = |name: &str| std::fs::symlink_metadata(root.join(name)).is_ok();
+        if let Err(e) = self.registry.lock().prune(exists) {
+            warn!("cannot prune the version registry: {e}");
+        }
+    }
+
+    async fn retire_old(&self) {
         let old: Vec<VersionRecord> = self
             .registry
             .lock()
@@ -292,6 +413,10 @@ impl Master {
                                 path: path.clone(),
                                 length: *length,
                                 mtime_ns: *mtime_ns,
+                                // Unknown: this version's files are not
+                                // offered for reuse by the next one.
+                                dev: 0,
+                                ino: 0,
                             })
                             .collect();
                         if let Err(e) = self.registry.lock().set_sources(rec.version, sources) {

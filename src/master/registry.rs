@@ -9,9 +9,8 @@
 //! and replicas see from the epoch that "version 2" is not their version 2.
 
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
 
-use crate::metainfo::{InfoHash, SourceFile};
+use crate::metainfo::{FileId, InfoHash, SourceFile};
 use crate::util::write_atomic;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -32,6 +31,17 @@ pub struct SourceRecord {
     pub length: u64,
     /// Modification time in nanoseconds since the epoch (0 if unknown).
     pub mtime_ns: u128,
+    /// Device and inode when hashed (0: unknown, as in records written
+    /// before they were kept); with size and mtime, the proof that lets a
+    /// later snapshot's hard link reuse this file's piece hashes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dev: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ino: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl SourceRecord {
@@ -39,11 +49,18 @@ impl SourceRecord {
         SourceRecord {
             path: s.path.join("/"),
             length: s.length,
-            mtime_ns: s
-                .mtime
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
+            mtime_ns: s.mtime_ns(),
+            dev: s.dev,
+            ino: s.ino,
+        }
+    }
+
+    pub fn id(&self) -> FileId {
+        FileId {
+            dev: self.dev,
+            ino: self.ino,
+            length: self.length,
+            mtime_ns: self.mtime_ns,
         }
     }
 }
@@ -89,6 +106,9 @@ pub enum RegistryError {
     #[error("{path} is corrupt ({message}); move it aside to start over")]
     Corrupt { path: PathBuf, message: String },
 }
+
+/// Withdrawn versions kept in the state (and in `/status`) for the operator.
+const KEEP_WITHDRAWN: usize = 20;
 
 pub struct Registry {
     dir: PathBuf,
@@ -188,6 +208,40 @@ impl Registry {
         if let Some(v) = self.data.versions.iter_mut().find(|v| v.version == version) {
             v.state = state;
             v.note = note;
+            if state != VersionState::Published {
+                // Nothing reads an unpublished version's files again: keeping
+                // thousands of file records per retired version would grow
+                // the state with every publication.
+                v.sources = Vec::new();
+            }
+        }
+        self.save()
+    }
+
+    /// Forgets versions nobody needs: retired ones whose directory is gone
+    /// (while it exists, its name keeps the watcher from publishing it
+    /// again), and all but the newest `KEEP_WITHDRAWN` withdrawn ones. Keeps
+    /// the state's size flat however many versions are published.
+    pub fn prune(&mut self, exists: impl Fn(&str) -> bool) -> Result<(), RegistryError> {
+        let before = self.data.versions.len();
+        let mut withdrawn = self
+            .data
+            .versions
+            .iter()
+            .filter(|v| v.state == VersionState::Modified)
+            .count();
+        self.data.versions.retain(|v| match v.state {
+            VersionState::Published => true,
+            VersionState::Retired => exists(&v.name),
+            VersionState::Modified => {
+                // Oldest first: drop until KEEP_WITHDRAWN remain.
+                let keep = withdrawn <= KEEP_WITHDRAWN;
+                withdrawn -= 1;
+                keep
+            }
+        });
+        if self.data.versions.len() == before {
+            return Ok(());
         }
         self.save()
     }
@@ -249,6 +303,40 @@ mod tests {
             vec![2]
         );
         assert_eq!(r.by_name("a").unwrap().state, VersionState::Retired);
+    }
+
+    #[test]
+    fn retired_versions_shed_their_files_and_are_forgotten_once_their_directory_is_gone() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = Registry::open(d.path()).unwrap();
+        for n in 1..=30 {
+            let mut v = rec(n, &format!("s{n}"));
+            v.sources = vec![SourceRecord {
+                path: "f".into(),
+                length: 1,
+                mtime_ns: 1,
+                dev: 0,
+                ino: 0,
+            }];
+            r.push(v).unwrap();
+        }
+        for n in 1..=4 {
+            r.set_state(n, VersionState::Retired, None).unwrap();
+        }
+        for n in 5..=29 {
+            r.set_state(n, VersionState::Modified, Some("edited".into()))
+                .unwrap();
+        }
+        assert!(r.get(1).unwrap().sources.is_empty(), "retired: no files");
+        assert_eq!(r.get(30).unwrap().sources.len(), 1, "published keeps them");
+        // s2's directory still exists: its name must stay known.
+        r.prune(|name| name == "s2").unwrap();
+        let r = Registry::open(d.path()).unwrap();
+        let left: Vec<u64> = r.all().iter().map(|v| v.version).collect();
+        let mut want = vec![2];
+        want.extend(10..=30);
+        assert_eq!(left, want, "the newest 20 withdrawn, s2, and the published");
+        assert_eq!(r.next_version(), 31, "numbers are never reused");
     }
 
     #[test]

@@ -31,8 +31,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::registry::{VersionRecord, VersionState};
-use super::Master;
+use super::registry::VersionRecord;
+use super::Index;
 use crate::metainfo::Metainfo;
 use crate::storage::{Mode, Storage, StorageError};
 use crate::util::now_rfc3339;
@@ -149,24 +149,16 @@ enum PieceCheck {
     Unreadable(String),
 }
 
-impl Master {
-    pub(super) fn is_published(&self, version: u64) -> bool {
-        self.registry
-            .lock()
-            .get(version)
-            .is_some_and(|r| r.state == VersionState::Published)
-    }
-
+impl Index {
     /// Re-verifies every published version, round after round, until
     /// `shutdown`. Does nothing when `verify_rate` is 0.
     pub(super) async fn run_verifier(self: Arc<Self>, shutdown: CancellationToken) {
-        let rate = self.cfg.verify_rate;
+        let rate = self.shared.cfg.verify_rate;
         self.verify.lock().rate = rate;
         if rate == 0 {
             return;
         }
         let mut changes = self.changes.subscribe();
-        let mut throttle = Throttle::new(rate);
         let mut meter = RateMeter::new();
         info!(rate, "re-verifying published versions in the background");
         loop {
@@ -182,7 +174,7 @@ impl Master {
             let mut skipped = false;
             for rec in &published {
                 let mut pacing = Pacing {
-                    throttle: &mut throttle,
+                    throttle: &self.shared.throttle,
                     meter: &mut meter,
                     changes: &mut changes,
                     shutdown: &shutdown,
@@ -206,7 +198,11 @@ impl Master {
             let mut st = self.verify.lock();
             st.passes += 1;
             st.last_full_pass_at = Some(now_rfc3339());
-            self.metrics.verify_passes.inc();
+            self.shared
+                .metrics
+                .verify_passes
+                .with_label_values(&[&self.name])
+                .inc();
         }
     }
 
@@ -233,7 +229,11 @@ impl Master {
             match check {
                 PieceCheck::Matches => {
                     let rate = pace.meter.add(len);
-                    self.metrics.verified_bytes.inc_by(len);
+                    self.shared
+                        .metrics
+                        .verified_bytes
+                        .with_label_values(&[&self.name])
+                        .inc_by(len);
                     let mut st = self.verify.lock();
                     st.pieces_checked = piece + 1;
                     st.bytes_verified += len;
@@ -307,7 +307,11 @@ impl Master {
             return Visit::Dropped;
         }
         self.withdraw(rec, why).await;
-        self.metrics.verify_failures.inc();
+        self.shared
+            .metrics
+            .verify_failures
+            .with_label_values(&[&self.name])
+            .inc();
         self.verify.lock().failures += 1;
         *self.last_error.lock() = Some(format!(
             "version {} ({}) withdrawn by re-verification: {why}",
@@ -319,7 +323,8 @@ impl Master {
 
 /// The verifier's pacing state, lent to one version's visit.
 struct Pacing<'a> {
-    throttle: &'a mut Throttle,
+    /// Shared by every index's verifier: one budget in total.
+    throttle: &'a parking_lot::Mutex<Throttle>,
     meter: &'a mut RateMeter,
     changes: &'a mut tokio::sync::watch::Receiver<u64>,
     shutdown: &'a CancellationToken,
@@ -328,11 +333,11 @@ struct Pacing<'a> {
 impl Pacing<'_> {
     /// Waits until `bytes` may be read. `Some` when the visit must end:
     /// shutdown, or the version stopped being published.
-    async fn wait_turn(&mut self, master: &Master, version: u64, bytes: u64) -> Option<Visit> {
+    async fn wait_turn(&mut self, master: &Index, version: u64, bytes: u64) -> Option<Visit> {
         if !master.is_published(version) {
             return Some(Visit::Dropped);
         }
-        let start = self.throttle.admit(Instant::now(), bytes);
+        let start = self.throttle.lock().admit(Instant::now(), bytes);
         let sleep = tokio::time::sleep_until(start);
         tokio::pin!(sleep);
         loop {

@@ -7,13 +7,16 @@
 //! its pieces outright, which lets a replica reuse an unchanged segment file
 //! by comparing piece hashes alone.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bendy::encoding::{Encoder, SingleItemEncoder};
 
-use super::hashing::{hash_pieces, PieceSource};
+use super::hashing::{hash_missing, PieceSource};
+use super::known::{owned_pieces, FileId, KnownPieces};
 use super::parse::validate_component;
 use super::{FileEntry, Metainfo, MetainfoError};
 
@@ -33,6 +36,9 @@ pub struct BuildOptions {
     /// Hashing threads; 0 means one per core.
     pub threads: usize,
     pub comment: Option<String>,
+    /// Piece hashes of files hashed before, reused for a file proven to be
+    /// the same one (`known.rs`) instead of reading it again.
+    pub known: Option<Arc<KnownPieces>>,
 }
 
 /// A file found while scanning, with what we saw of it (the master records
@@ -42,6 +48,39 @@ pub struct SourceFile {
     pub path: Vec<String>,
     pub length: u64,
     pub mtime: Option<SystemTime>,
+    /// Device and inode: with size and mtime, the proof that a file is one
+    /// hashed before (a hard link of it).
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl SourceFile {
+    fn from_metadata(path: Vec<String>, md: &std::fs::Metadata) -> SourceFile {
+        SourceFile {
+            path,
+            length: md.len(),
+            mtime: md.modified().ok(),
+            dev: md.dev(),
+            ino: md.ino(),
+        }
+    }
+
+    /// Modification time in nanoseconds since the epoch (0 if unknown).
+    pub fn mtime_ns(&self) -> u128 {
+        self.mtime
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    }
+
+    pub fn id(&self) -> FileId {
+        FileId {
+            dev: self.dev,
+            ino: self.ino,
+            length: self.length,
+            mtime_ns: self.mtime_ns(),
+        }
+    }
 }
 
 /// A torrent built from disk.
@@ -52,6 +91,9 @@ pub struct Built {
     pub meta: Metainfo,
     /// The data files as scanned, in torrent order (no padding).
     pub sources: Vec<SourceFile>,
+    /// Bytes read and hashed, and bytes whose hashes came from `known`.
+    pub hashed_bytes: u64,
+    pub reused_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,11 +157,7 @@ pub fn scan(root: &Path) -> Result<Vec<SourceFile>, BuildError> {
         let md = entry
             .metadata()
             .map_err(|e| io_err(entry.path(), e.into()))?;
-        out.push(SourceFile {
-            path,
-            length: md.len(),
-            mtime: md.modified().ok(),
-        });
+        out.push(SourceFile::from_metadata(path, &md));
     }
     out.sort_by(|a, b| a.path.join("/").as_bytes().cmp(b.path.join("/").as_bytes()));
     Ok(out)
@@ -148,11 +186,7 @@ pub fn build(path: &Path, opts: &BuildOptions, progress: &AtomicU64) -> Result<B
 
     let single = md.is_file();
     let sources = if single {
-        vec![SourceFile {
-            path: vec![name.clone()],
-            length: md.len(),
-            mtime: md.modified().ok(),
-        }]
+        vec![SourceFile::from_metadata(vec![name.clone()], &md)]
     } else {
         scan(path)?
     };
@@ -175,10 +209,13 @@ pub fn build(path: &Path, opts: &BuildOptions, progress: &AtomicU64) -> Result<B
     // piece boundary (except the last).
     let mut files = Vec::new();
     let mut paths = Vec::new();
+    // For each entry of `files`, its index in `sources` (none for padding).
+    let mut source_of = Vec::new();
     let mut offset = 0u64;
     let real_count = sources.iter().filter(|s| s.length > 0).count();
     let mut real_seen = 0;
-    for s in &sources {
+    for (si, s) in sources.iter().enumerate() {
+        source_of.push(Some(si));
         files.push(FileEntry {
             path: s.path.clone(),
             length: s.length,
@@ -204,6 +241,7 @@ pub fn build(path: &Path, opts: &BuildOptions, progress: &AtomicU64) -> Result<B
                 pad: true,
             });
             paths.push(PathBuf::new());
+            source_of.push(None);
             offset += pad;
         }
     }
@@ -222,7 +260,15 @@ pub fn build(path: &Path, opts: &BuildOptions, progress: &AtomicU64) -> Result<B
     } else {
         opts.threads
     };
-    let pieces = hash_pieces(&src, threads, progress).map_err(|e| BuildError::Io {
+    let known = reusable_hashes(&files, &source_of, &sources, &src, opts.known.as_deref());
+    let reused_pieces: Vec<u32> = (0..src.num_pieces())
+        .filter(|&i| known[i as usize].is_some())
+        .collect();
+    let reused_bytes: u64 = reused_pieces
+        .iter()
+        .map(|&i| super::layout::piece_len(piece_length, total_length, i))
+        .sum();
+    let pieces = hash_missing(&src, known, threads, progress).map_err(|e| BuildError::Io {
         path: path.to_path_buf(),
         source: e,
     })?;
@@ -234,7 +280,43 @@ pub fn build(path: &Path, opts: &BuildOptions, progress: &AtomicU64) -> Result<B
         bytes,
         meta,
         sources,
+        hashed_bytes: total_length - reused_bytes,
+        reused_bytes,
     })
+}
+
+/// One entry per piece: its hash where `known` proves the file that owns
+/// it is one hashed before, else `None` (to be hashed).
+fn reusable_hashes(
+    files: &[FileEntry],
+    source_of: &[Option<usize>],
+    sources: &[SourceFile],
+    src: &PieceSource,
+    known: Option<&KnownPieces>,
+) -> Vec<Option<[u8; 20]>> {
+    let mut out = vec![None; src.num_pieces() as usize];
+    let Some(known) = known.filter(|k| !k.is_empty()) else {
+        return out;
+    };
+    for (i, s) in source_of.iter().enumerate() {
+        let Some(s) = s.map(|s| &sources[s]) else {
+            continue;
+        };
+        let Some((range, tail)) = owned_pieces(files, i, src.piece_length) else {
+            continue;
+        };
+        let Some(hashes) = known.get(s.id(), src.piece_length, tail) else {
+            continue;
+        };
+        if let Some(slots) = out.get_mut(range) {
+            if slots.len() == hashes.len() {
+                for (slot, h) in slots.iter_mut().zip(hashes) {
+                    *slot = Some(*h);
+                }
+            }
+        }
+    }
+    out
 }
 
 fn enc_err(e: bendy::encoding::Error) -> BuildError {

@@ -82,11 +82,13 @@ impl PieceSource<'_> {
     }
 }
 
-/// Runs `f(piece, bytes)` for every piece on `threads` workers and returns the
-/// results in piece order. `f` gets `Err` for a piece it could not read.
-/// Stops early (returning `None`) when `cancel` is set.
+/// Runs `f(piece, bytes)` for every piece in `todo` (every piece when
+/// `None`) on `threads` workers and returns the results in piece order, with
+/// `T::default()` for the pieces not in `todo`. `f` gets `Err` for a piece it
+/// could not read. Stops early (returning `None`) when `cancel` is set.
 fn map_pieces<T, F>(
     src: &PieceSource,
+    todo: Option<&[u32]>,
     threads: usize,
     progress: &AtomicU64,
     cancel: &AtomicBool,
@@ -98,8 +100,9 @@ where
 {
     let n = src.num_pieces();
     let results = Mutex::new(vec![T::default(); n as usize]);
+    let count = todo.map_or(n, |t| t.len() as u32);
     let next = AtomicU32::new(0);
-    let threads = threads.clamp(1, 64).min(n.max(1) as usize);
+    let threads = threads.clamp(1, 64).min(count.max(1) as usize);
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
@@ -110,10 +113,11 @@ where
                     if cancel.load(Ordering::Relaxed) {
                         break;
                     }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= count {
                         break;
                     }
+                    let i = todo.map_or(k, |t| t[k as usize]);
                     let read = src.read_piece(i, &mut buf, &mut open);
                     let r = f(
                         i,
@@ -152,19 +156,54 @@ pub fn hash_pieces(
     threads: usize,
     progress: &AtomicU64,
 ) -> io::Result<Vec<[u8; 20]>> {
+    hash_missing(
+        src,
+        vec![None; src.num_pieces() as usize],
+        threads,
+        progress,
+    )
+}
+
+/// Hashes the pieces whose hash `known` does not already give (one entry
+/// per piece), and returns every piece's hash. Any read error fails the run.
+pub fn hash_missing(
+    src: &PieceSource,
+    known: Vec<Option<[u8; 20]>>,
+    threads: usize,
+    progress: &AtomicU64,
+) -> io::Result<Vec<[u8; 20]>> {
+    if known.len() != src.num_pieces() as usize {
+        return Err(io::Error::other(
+            "known hashes do not match the piece count",
+        ));
+    }
+    let todo: Vec<u32> = (0..src.num_pieces())
+        .filter(|&i| known[i as usize].is_none())
+        .collect();
     let first_error: Mutex<Option<io::Error>> = Mutex::new(None);
     let failed = AtomicBool::new(false);
-    let hashes = map_pieces(src, threads, progress, &failed, |_, data| match data {
-        Ok(bytes) => <[u8; 20]>::from(Sha1::digest(bytes)),
-        Err(e) => {
-            let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
-            slot.get_or_insert(e);
-            failed.store(true, Ordering::Relaxed);
-            [0u8; 20]
-        }
-    });
+    let hashes = map_pieces(
+        src,
+        Some(&todo),
+        threads,
+        progress,
+        &failed,
+        |_, data| match data {
+            Ok(bytes) => <[u8; 20]>::from(Sha1::digest(bytes)),
+            Err(e) => {
+                let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert(e);
+                failed.store(true, Ordering::Relaxed);
+                [0u8; 20]
+            }
+        },
+    );
     match hashes {
-        Some(h) => Ok(h),
+        Some(h) => Ok(h
+            .into_iter()
+            .zip(known)
+            .map(|(hashed, known)| known.unwrap_or(hashed))
+            .collect()),
         None => Err(first_error
             .into_inner()
             .unwrap_or_else(|p| p.into_inner())
@@ -181,7 +220,7 @@ pub fn verify_pieces(
     progress: &AtomicU64,
     cancel: &AtomicBool,
 ) -> Option<Vec<bool>> {
-    map_pieces(src, threads, progress, cancel, |i, data| match data {
+    map_pieces(src, None, threads, progress, cancel, |i, data| match data {
         Ok(bytes) => expected
             .get(i as usize)
             .is_some_and(|h| *h == <[u8; 20]>::from(Sha1::digest(bytes))),

@@ -16,6 +16,7 @@
 
 mod build;
 mod hashing;
+mod known;
 mod layout;
 mod parse;
 
@@ -24,7 +25,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use build::{auto_piece_length, build, scan, BuildError, BuildOptions, Built, SourceFile};
-pub use hashing::{hash_pieces, verify_pieces, PieceSource};
+pub use hashing::{hash_missing, hash_pieces, verify_pieces, PieceSource};
+pub use known::{FileId, KnownPieces, Tail};
 pub use layout::Span;
 
 /// The size of a block, the unit of a request on the wire.

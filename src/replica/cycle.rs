@@ -66,14 +66,14 @@ impl Replica {
     /// The master's published versions.
     pub(super) async fn list(&self) -> Result<Vec<RemoteVersion>, CycleError> {
         Ok(self
-            .get_json(&format!("{}/versions", self.cfg.master_url))
+            .get_json(&self.api("/versions"))
             .await?
             .unwrap_or_default())
     }
 
     /// One poll, and a replication if the master has something to follow.
     pub(super) async fn cycle(self: &Arc<Self>) -> Result<Outcome, CycleError> {
-        let url = format!("{}/versions/latest", self.cfg.master_url);
+        let url = self.api("/versions/latest");
         let latest: Option<RemoteVersion> = self.get_json(&url).await?;
         {
             let warning = self.swap_warning.lock().clone();

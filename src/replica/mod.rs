@@ -34,6 +34,7 @@ pub mod manifest;
 pub mod plan;
 mod recover;
 mod retention;
+pub mod sidecar;
 mod stage;
 pub mod status;
 pub mod swapper;
@@ -50,9 +51,10 @@ use tracing::warn;
 
 use crate::config::ReplicaConfig;
 use crate::metainfo::{InfoHash, Metainfo};
-use crate::swarm::{Check, Engine, EngineConfig, Session, SessionOptions};
+use crate::swarm::{Check, Engine, Session, SessionOptions};
 use crate::util::{rfc3339_in, DirLock};
 pub use error::CycleError;
+pub use sidecar::{ReplicaSet, SetStatus};
 pub use status::{State, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +111,10 @@ pub struct Replica {
     /// `last_error` until the next swap, not wiped by the next poll.
     swap_warning: Mutex<Option<String>>,
     poll_now: Notify,
-    metrics: crate::telemetry::Metrics,
+    /// Payload uploaded by this index's sessions that have since stopped.
+    uploaded_before: std::sync::atomic::AtomicU64,
+    /// The torrent being downloaded now, if any.
+    downloading: Mutex<Option<InfoHash>>,
     /// Held for the life of the process: one replica per data directory.
     _lock: DirLock,
 }
@@ -122,10 +127,17 @@ enum Outcome {
     Behind(String),
 }
 
+/// A data directory, locked and canonical, before the engine starts.
+pub struct LockedDir {
+    cfg: ReplicaConfig,
+    lock: DirLock,
+}
+
 impl Replica {
-    /// Takes the data directory's lock, recovers it (crash leftovers), binds
-    /// the peer port and seeds the live version again.
-    pub async fn start(mut cfg: ReplicaConfig) -> Result<Arc<Replica>, ReplicaError> {
+    /// Creates and locks the data directory: before anything else starts,
+    /// so that a second replica on the same directory is turned away naming
+    /// the first one's pid.
+    pub fn lock(mut cfg: ReplicaConfig) -> Result<LockedDir, ReplicaError> {
         let vdir = layout::versions_dir(&cfg.data_dir);
         std::fs::create_dir_all(&vdir)
             .map_err(|e| ReplicaError::DataDir(vdir.display().to_string(), e))?;
@@ -135,13 +147,13 @@ impl Replica {
             .canonicalize()
             .map_err(|e| ReplicaError::DataDir(cfg.data_dir.display().to_string(), e))?;
         let lock = DirLock::acquire(&cfg.data_dir, "data directory")?;
-        let engine = Engine::start(EngineConfig {
-            listen: cfg.peer_listen,
-            upload_limit: cfg.upload_limit,
-            download_limit: cfg.download_limit,
-            max_connections: cfg.limits.max_connections,
-        })
-        .await?;
+        Ok(LockedDir { cfg, lock })
+    }
+
+    /// Recovers the data directory (crash leftovers) and seeds the live
+    /// version again on the sidecar's engine.
+    pub async fn start(locked: LockedDir, engine: Engine) -> Arc<Replica> {
+        let LockedDir { cfg, lock } = locked;
         let http = engine.http().clone();
         let replica = Arc::new(Replica {
             status: Mutex::new(Status::new(cfg.master_url.clone())),
@@ -153,11 +165,31 @@ impl Replica {
             seeding: Mutex::new(Vec::new()),
             swap_warning: Mutex::new(None),
             poll_now: Notify::new(),
-            metrics: crate::telemetry::Metrics::new(),
+            uploaded_before: Default::default(),
+            downloading: Mutex::new(None),
             _lock: lock,
         });
         replica.recover().await;
-        Ok(replica)
+        replica
+    }
+
+    /// A URL of this index's routes on the master: the unprefixed ones for
+    /// `default` (every master has them), `/indexes/<name>/...` otherwise.
+    pub(crate) fn api(&self, path: &str) -> String {
+        if self.cfg.index == crate::config::DEFAULT_INDEX {
+            format!("{}{path}", self.cfg.master_url)
+        } else {
+            format!("{}/indexes/{}{path}", self.cfg.master_url, self.cfg.index)
+        }
+    }
+
+    /// Stops one of this index's sessions, keeping what it uploaded in the
+    /// index's total.
+    pub(crate) async fn stop_session(&self, s: &Session) {
+        let up = s.snapshot().uploaded;
+        s.stop().await;
+        self.uploaded_before
+            .fetch_add(up, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn start_seeding(&self, l: &Live, until: Option<Instant>) {
@@ -232,7 +264,6 @@ impl Replica {
             };
             self.record_outcome(r, started.elapsed());
         }
-        self.engine.shutdown().await;
     }
 
     /// Puts a cycle's outcome into `/status`.
@@ -273,16 +304,34 @@ impl Replica {
         }
     }
 
+    /// This index's sessions: what it seeds, and the download in progress.
+    fn sessions(&self) -> Vec<Arc<Session>> {
+        let mut out: Vec<Arc<Session>> = self
+            .seeding
+            .lock()
+            .iter()
+            .map(|s| s.session.clone())
+            .collect();
+        let downloading = *self.downloading.lock();
+        if let Some(h) = downloading {
+            if let Some(s) = self.engine.get(&h) {
+                if !out.iter().any(|o| o.info_hash() == h) {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+
     /// `/status`.
     pub fn status(&self) -> Status {
-        let sessions = self.engine.sessions();
-        let (mut up_rate, mut peers) = (0, 0);
-        for s in &sessions {
+        let (mut up_rate, mut peers, mut up) = (0, 0, 0);
+        for s in self.sessions() {
             let p = s.snapshot();
             up_rate += p.upload_rate;
             peers += p.peers;
+            up += p.uploaded;
         }
-        let (up, _) = self.engine.totals();
         let seeding: Vec<u64> = self
             .seeding
             .lock()
@@ -290,7 +339,10 @@ impl Replica {
             .filter_map(|s| layout::slot_version(&s.slot))
             .collect();
         let mut st = self.status.lock().clone();
-        st.bytes_uploaded = up;
+        st.bytes_uploaded = up
+            + self
+                .uploaded_before
+                .load(std::sync::atomic::Ordering::Relaxed);
         st.upload_rate = up_rate;
         if st.state == State::Idle || st.state == State::Error {
             st.peers = peers;
@@ -300,50 +352,43 @@ impl Replica {
         st
     }
 
-    /// Per-peer totals of every session, for the demo's "who served what".
-    pub fn peer_stats(&self) -> Vec<crate::swarm::PeerStat> {
-        self.engine
-            .sessions()
-            .iter()
-            .flat_map(|s| s.peer_stats())
-            .collect()
-    }
-
-    pub fn metrics_text(&self) -> String {
+    /// This index's metrics, labelled with its name, into `m`.
+    pub fn render_metrics(&self, m: &crate::telemetry::Metrics) {
         let s = self.status();
-        let m = &self.metrics;
-        m.set_gauge(
-            "indexswarm_current_version",
-            "Live version",
-            i64::try_from(s.current_version.unwrap_or(0)).unwrap_or(i64::MAX),
-        );
-        m.set_counter(
+        let l = self.cfg.index.as_str();
+        let version = i64::try_from(s.current_version.unwrap_or(0)).unwrap_or(i64::MAX);
+        m.set_gauge_for("indexswarm_current_version", "Live version", l, version);
+        m.set_counter_for(
             "indexswarm_replications_total",
             "Versions swapped in",
+            l,
             s.times_replicated,
         );
-        m.set_counter(
+        m.set_counter_for(
             "indexswarm_replication_failures_total",
             "Failed cycles",
+            l,
             s.times_failed,
         );
-        m.set_gauge(
+        m.set_gauge_for(
             "indexswarm_bytes_downloaded",
             "Bytes downloaded this cycle",
+            l,
             s.bytes_downloaded as i64,
         );
-        m.set_gauge(
+        m.set_gauge_for(
             "indexswarm_bytes_reused",
             "Bytes reused from disk this cycle",
+            l,
             s.bytes_reused as i64,
         );
-        m.set_counter(
+        m.set_counter_for(
             "indexswarm_uploaded_bytes_total",
             "Payload bytes uploaded to peers",
+            l,
             s.bytes_uploaded,
         );
-        m.set_gauge("indexswarm_peers", "Connected peers", s.peers as i64);
-        m.render()
+        m.set_gauge_for("indexswarm_peers", "Connected peers", l, s.peers as i64);
     }
 }
 
@@ -367,8 +412,8 @@ mod tests {
         }
         .validate()
         .unwrap();
-        let _first = Replica::start(cfg.clone()).await.unwrap();
-        match Replica::start(cfg).await {
+        let _first = ReplicaSet::start(cfg.clone()).await.unwrap();
+        match ReplicaSet::start(cfg).await {
             Err(ReplicaError::Locked(crate::util::LockError::Busy { pid, what, dir })) => {
                 assert_eq!(pid, Some(std::process::id()));
                 assert_eq!(what, "data directory");

@@ -32,7 +32,7 @@ impl Replica {
             gone.into_iter().map(|x| x.session).collect()
         };
         for s in gone {
-            s.stop().await;
+            self.stop_session(&s).await;
         }
     }
 

@@ -169,8 +169,9 @@ impl Replica {
     ) -> Result<(), CycleError> {
         let version = target.version;
         if let Some(old) = self.engine.get(&meta.info_hash) {
-            old.stop().await;
+            self.stop_session(&old).await;
         }
+        *self.downloading.lock() = Some(meta.info_hash);
         let opts = SessionOptions {
             content_dir: Some(staging.to_path_buf()),
             max_peers: self.cfg.limits.max_peers,
@@ -209,7 +210,8 @@ impl Replica {
         if result.is_ok() {
             crash::point("download_complete");
         }
-        session.stop().await;
+        self.stop_session(&session).await;
+        *self.downloading.lock() = None;
         match result {
             Ok(()) => crash::point("session_stopped"),
             Err(CycleError::Retired(_)) => {

@@ -1,0 +1,123 @@
+//! The replica sidecar: one [`Replica`] per index it follows, all on one
+//! engine (one peer port, one connection budget) and one HTTP port.
+//!
+//! Every data directory is locked before the engine binds its port, so a
+//! second process on any of them is turned away with the holder's pid
+//! rather than a port conflict. `/status` keeps the first release's fields
+//! for the first index (in name order) and adds `indexes: {name: {...}}`;
+//! every metric carries an `index` label.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Replica, ReplicaError, Status};
+use crate::config::ReplicaSetConfig;
+use crate::swarm::{Engine, EngineConfig};
+use crate::telemetry::Metrics;
+
+pub struct ReplicaSet {
+    pub engine: Engine,
+    /// In name order; at least one.
+    replicas: Vec<Arc<Replica>>,
+    metrics: Metrics,
+}
+
+/// `/status` of the sidecar: the first index's fields, and every index's.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SetStatus {
+    #[serde(flatten)]
+    pub first: Status,
+    pub indexes: std::collections::BTreeMap<String, Status>,
+}
+
+impl ReplicaSet {
+    pub async fn start(cfg: ReplicaSetConfig) -> Result<Arc<ReplicaSet>, ReplicaError> {
+        let locked = cfg
+            .indexes
+            .iter()
+            .map(|c| Replica::lock(c.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let engine = Engine::start(EngineConfig {
+            listen: cfg.peer_listen,
+            upload_limit: cfg.upload_limit,
+            download_limit: cfg.download_limit,
+            max_connections: cfg.limits.max_connections,
+        })
+        .await?;
+        let mut replicas = Vec::new();
+        for l in locked {
+            replicas.push(Replica::start(l, engine.clone()).await);
+        }
+        Ok(Arc::new(ReplicaSet {
+            engine,
+            replicas,
+            metrics: Metrics::new(),
+        }))
+    }
+
+    pub fn replicas(&self) -> &[Arc<Replica>] {
+        &self.replicas
+    }
+
+    /// The replica following index `name`.
+    pub fn replica(&self, name: &str) -> Option<&Arc<Replica>> {
+        self.replicas.iter().find(|r| r.cfg.index == name)
+    }
+
+    /// Polls and replicates every index until `shutdown`, then stops the engine.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let loops: Vec<_> = self
+            .replicas
+            .iter()
+            .map(|r| {
+                let span = tracing::info_span!("index", index = %r.cfg.index);
+                tokio::spawn(tracing::Instrument::instrument(
+                    r.clone().run(shutdown.clone()),
+                    span,
+                ))
+            })
+            .collect();
+        for l in loops {
+            let _ = l.await;
+        }
+        self.engine.shutdown().await;
+    }
+
+    /// Asks every index to poll the master now.
+    pub fn poll_now(&self) {
+        self.replicas.iter().for_each(|r| r.poll_now());
+    }
+
+    pub fn status(&self) -> SetStatus {
+        let indexes: std::collections::BTreeMap<String, Status> = self
+            .replicas
+            .iter()
+            .map(|r| (r.cfg.index.clone(), r.status()))
+            .collect();
+        SetStatus {
+            first: self
+                .replicas
+                .first()
+                .map(|r| r.status())
+                .unwrap_or_else(|| Status::new(String::new())),
+            indexes,
+        }
+    }
+
+    pub fn metrics_text(&self) -> String {
+        for r in &self.replicas {
+            r.render_metrics(&self.metrics);
+        }
+        self.metrics.render()
+    }
+
+    /// Per-peer totals of every session, for the demo's "who served what".
+    pub fn peer_stats(&self) -> Vec<crate::swarm::PeerStat> {
+        self.engine
+            .sessions()
+            .iter()
+            .flat_map(|s| s.peer_stats())
+            .collect()
+    }
+}
