@@ -1,0 +1,127 @@
+//! Benchmarks: indexswarm side by side with reference clients on the same
+//! data, in the same invocation. Results go to stdout as Markdown, with the
+//! machine, the date and the command; BENCHMARKS.md records them.
+//!
+//! ```sh
+//! cargo build --release && cargo build --release --example bench
+//! sudo target/release/examples/bench create   --size 1G
+//! sudo target/release/examples/bench tracker  --rate 5000
+//! sudo target/release/examples/bench transfer --size 1G
+//! sudo target/release/examples/bench swarm    --size 256M --leechers 8 --mbit 200
+//! sudo target/release/examples/bench publish  --size 1G
+//! sudo target/release/examples/bench replicate --size 1G --replicas 8 --mbit 128
+//! ```
+//!
+//! `swarm` and `replicate` give every node its own network namespace, a veth
+//! into one bridge and a `tc tbf` cap on its upload (root needed): the
+//! faithful way to model separate hosts on one machine. The other
+//! benchmarks run on loopback. Reference peers: aria2c, python3-libtorrent
+//! (integration/peers/lt_peer.py), opentracker, mktorrent, sha1sum.
+
+use std::path::PathBuf;
+
+mod common;
+mod create;
+mod netns;
+mod publish;
+mod replicate;
+mod swarm;
+mod tracker;
+mod transfer;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use indexswarm::units::ByteSize;
+
+#[derive(Parser)]
+#[command(about = "indexswarm benchmarks beside aria2, libtorrent, opentracker and mktorrent")]
+pub(crate) struct Cli {
+    /// Scratch directory (data is generated once and reused).
+    #[arg(long, default_value = "/tmp/isw-bench")]
+    pub(crate) work: PathBuf,
+    /// Repetitions for single-process timings (best is reported).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) runs: usize,
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Cmd {
+    /// `create` against `mktorrent -t 2` and the SHA-1 limit.
+    Create {
+        #[arg(long, default_value = "1G")]
+        size: ByteSize,
+    },
+    /// Announces per second and latency against opentracker.
+    Tracker {
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// One seeder to one leecher over loopback: indexswarm, aria2, libtorrent.
+    Transfer {
+        #[arg(long, default_value = "1G")]
+        size: ByteSize,
+    },
+    /// One seeder, N leechers, every node's upload capped: time against the Kumar–Ross bound.
+    Swarm {
+        #[arg(long, default_value = "256M")]
+        size: ByteSize,
+        #[arg(long, default_value_t = 8)]
+        leechers: usize,
+        /// Upload cap of every node, in Mbit/s.
+        #[arg(long, default_value_t = 200)]
+        mbit: u64,
+        /// Skip the libtorrent run.
+        #[arg(long)]
+        no_libtorrent: bool,
+        /// Runs per client; the median run (by the last leecher) is reported.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+    },
+    /// Master: settled snapshot to visible version, and memory while seeding.
+    Publish {
+        #[arg(long, default_value = "1G")]
+        size: ByteSize,
+        #[arg(long, default_value_t = 8)]
+        leechers: usize,
+    },
+    /// Master + N replicas in namespaces: version 1 against the bound and HTTP fan-out, then a 5% version 2.
+    Replicate {
+        #[arg(long, default_value = "1G")]
+        size: ByteSize,
+        #[arg(long, default_value_t = 8)]
+        replicas: usize,
+        #[arg(long, default_value_t = 128)]
+        mbit: u64,
+        /// Skip the (slow) plain-HTTP fan-out run.
+        #[arg(long)]
+        no_http: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    std::fs::create_dir_all(&cli.work)?;
+    match &cli.cmd {
+        Cmd::Create { size } => create::bench_create(&cli, size.0),
+        Cmd::Tracker { rate, seconds } => tracker::bench_tracker(&cli, *rate, *seconds),
+        Cmd::Transfer { size } => transfer::bench_transfer(&cli, size.0),
+        Cmd::Swarm {
+            size,
+            leechers,
+            mbit,
+            no_libtorrent,
+            repeat,
+        } => swarm::bench_swarm(&cli, size.0, *leechers, *mbit, *no_libtorrent, *repeat),
+        Cmd::Publish { size, leechers } => publish::bench_publish(&cli, size.0, *leechers),
+        Cmd::Replicate {
+            size,
+            replicas,
+            mbit,
+            no_http,
+        } => replicate::bench_replicate(&cli, size.0, *replicas, *mbit, *no_http),
+    }
+}
