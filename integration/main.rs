@@ -6,6 +6,7 @@
 mod architecture;
 mod bounds;
 mod common;
+mod deploy;
 mod hostile;
 mod indexes;
 mod integrity;
