@@ -109,6 +109,138 @@ pub fn next_snapshot(prev: &Path, dir: &Path, new_bytes: u64, seed: u64) -> std:
     Ok(())
 }
 
+/// What generated file bytes look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// Incompressible (xorshift64), as a real index's segments nearly are.
+    Random,
+    /// Every 4 KiB block starts with 16 bytes unique to the file and the
+    /// block, then repeats a fixed text: no two blocks (so no two pieces)
+    /// are equal, yet a compressing filesystem stores a tiny fraction.
+    /// Lets a benchmark move tens of GiB through a disk that cannot hold
+    /// them; every byte is still read, hashed, sent and written.
+    Compressible,
+}
+
+/// Writes `len` bytes of `fill` to `path`, streamed in 1 MiB chunks (no
+/// buffer the size of the file), and fsyncs it.
+pub fn write_generated(path: &Path, len: u64, seed: u64, fill: Fill) -> std::io::Result<()> {
+    use std::io::Write;
+    const CHUNK: u64 = 1 << 20;
+    const FILLER: &[u8] = b"indexswarm compressible filler, unique per block by its header. ";
+    let mut f = std::io::BufWriter::with_capacity(CHUNK as usize, std::fs::File::create(path)?);
+    let mut block = vec![0u8; 4096];
+    for (i, b) in block.iter_mut().enumerate().skip(16) {
+        *b = FILLER[i % FILLER.len()];
+    }
+    let mut written = 0u64;
+    let mut chunk_no = 0u64;
+    while written < len {
+        let n = (len - written).min(CHUNK);
+        match fill {
+            Fill::Random => f.write_all(&pseudo_random(
+                seed.wrapping_mul(0x1_0000_0001).wrapping_add(chunk_no),
+                n as usize,
+            ))?,
+            Fill::Compressible => {
+                let mut left = n;
+                let mut block_no = written / 4096;
+                while left > 0 {
+                    block[..8].copy_from_slice(&seed.to_le_bytes());
+                    block[8..16].copy_from_slice(&block_no.to_le_bytes());
+                    let m = left.min(4096) as usize;
+                    f.write_all(&block[..m])?;
+                    left -= m as u64;
+                    block_no += 1;
+                }
+            }
+        }
+        written += n;
+        chunk_no += 1;
+    }
+    f.into_inner().map_err(|e| e.into_error())?.sync_all()
+}
+
+/// Lucene's segment names: `_0` … `_9`, `_a` … `_z`, `_10` … (base 36).
+pub fn segment_name(n: u64) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let (mut n, mut s) = (n, Vec::new());
+    loop {
+        s.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    s.push(b'_');
+    s.reverse();
+    String::from_utf8(s).unwrap_or_default()
+}
+
+/// The files of small flushed segments, eight to a segment.
+const SMALL_SEGMENT_FILES: [&str; 8] = ["fdt", "fdx", "tim", "tip", "doc", "pos", "si", "fnm"];
+
+/// Writes a Lucene-shaped index of `files` files and about `size` bytes
+/// into `dir`: four huge merged segments (`_0.cfs` … `_3.cfs`, 90% of the
+/// bytes), then `files - 5` files of small flushed segments (eight files
+/// each, 10% of the bytes, sizes varying from file to file) and a
+/// `segments_1` commit point. Files are streamed, so any size fits in
+/// memory. Returns the bytes written.
+pub fn generate_index(
+    dir: &Path,
+    size: u64,
+    files: usize,
+    seed: u64,
+    fill: Fill,
+) -> std::io::Result<u64> {
+    std::fs::create_dir_all(dir)?;
+    let files = files.max(6);
+    let big = [0.40, 0.25, 0.15, 0.10];
+    let mut total = 0u64;
+    for (i, share) in big.iter().enumerate() {
+        let len = (size as f64 * share) as u64;
+        write_generated(&dir.join(format!("_{i}.cfs")), len, seed + i as u64, fill)?;
+        total += len;
+    }
+    let small = files - 5;
+    let weight = |i: usize| 1 + (i as u64 * 7919) % 97;
+    let weights: u64 = (0..small).map(weight).sum();
+    let small_bytes = size.saturating_sub(total);
+    for i in 0..small {
+        let name = format!(
+            "{}.{}",
+            segment_name(4 + (i / SMALL_SEGMENT_FILES.len()) as u64),
+            SMALL_SEGMENT_FILES[i % SMALL_SEGMENT_FILES.len()]
+        );
+        let len = (small_bytes * weight(i) / weights).max(1);
+        write_generated(&dir.join(name), len, seed + 1000 + i as u64, fill)?;
+        total += len;
+    }
+    write_generated(&dir.join("segments_1"), 1500, seed + 999, fill)?;
+    Ok(total + 1500)
+}
+
+/// Writes `count` small files (1 to 16 KiB, random bytes) named like the
+/// files of Lucene's flushed segments, plus a `segments_1` commit point:
+/// the shape of an index that flushes often and merges rarely. Returns the
+/// bytes written.
+pub fn generate_small_files(dir: &Path, count: usize, seed: u64) -> std::io::Result<u64> {
+    std::fs::create_dir_all(dir)?;
+    let mut total = 0u64;
+    for i in 0..count.saturating_sub(1) {
+        let name = format!(
+            "{}.{}",
+            segment_name((i / SMALL_SEGMENT_FILES.len()) as u64),
+            SMALL_SEGMENT_FILES[i % SMALL_SEGMENT_FILES.len()]
+        );
+        let len = 1024 + (i as u64 * 7919) % (15 * 1024);
+        std::fs::write(dir.join(name), pseudo_random(seed + i as u64, len as usize))?;
+        total += len;
+    }
+    std::fs::write(dir.join("segments_1"), pseudo_random(seed + 999, 1500))?;
+    Ok(total + 1500)
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoOptions {
     /// Size of the generated index (the second version adds about 5%).

@@ -20,10 +20,12 @@
 
 use std::path::PathBuf;
 
+mod cluster;
 mod common;
 mod create;
 mod netns;
 mod publish;
+mod publish_cost;
 mod replicate;
 mod swarm;
 mod tracker;
@@ -100,6 +102,17 @@ pub(crate) enum Cmd {
         #[arg(long)]
         no_http: bool,
     },
+    /// Master: a ~1% change over a big index of hard links, marker → visible, against hashing the change and a full rehash.
+    PublishCost {
+        #[arg(long, default_value = "10G")]
+        size: ByteSize,
+        /// New bytes in the next version, percent of the index.
+        #[arg(long, default_value_t = 1.0)]
+        change_pct: f64,
+        /// Versions measured; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -123,5 +136,10 @@ fn main() -> Result<()> {
             mbit,
             no_http,
         } => replicate::bench_replicate(&cli, size.0, *replicas, *mbit, *no_http),
+        Cmd::PublishCost {
+            size,
+            change_pct,
+            repeat,
+        } => publish_cost::bench_publish_cost(&cli, size.0, *change_pct, *repeat),
     }
 }
