@@ -1,6 +1,6 @@
 # The indexswarm sidecar image: the binary, the C library it links, CA
 # certificates and a health-check probe, on an empty base; a non-root user;
-# /data a volume. 14 MB (README, "Deploy").
+# /data a volume. 15 MB (README, "Deploy").
 #
 # From source (needs a registry for rust: and debian: images):
 #   docker build -t indexswarm .
@@ -53,7 +53,10 @@ RUN set -eux; \
 # `cargo build --example` would also build every dev-dependency (tantivy).
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
-COPY . .
+COPY Cargo.toml Cargo.lock ./
+COPY src src
+COPY examples examples
+COPY integration integration
 RUN set -eux; \
     cargo build --release --locked --bin indexswarm; \
     mkdir /out; \
@@ -80,9 +83,11 @@ VOLUME /data
 # indexswarm's own ports: master API + tracker, master peers, replica API,
 # replica peers.
 EXPOSE 7070 6881 7071 6882
-# GET /healthz of the sidecar this container runs (its port comes from
-# INDEXSWARM_MASTER_HTTP_LISTEN / INDEXSWARM_REPLICA_HTTP_LISTEN, else
-# 7070 or 7071). Kubernetes ignores HEALTHCHECK: examples/k8s has probes.
+# GET /healthz of the sidecar this container runs: the port of
+# INDEXSWARM_MASTER_HTTP_LISTEN / INDEXSWARM_REPLICA_HTTP_LISTEN, else the
+# default 7070 or 7071. When a config file moves the port, set
+# INDEXSWARM_HEALTHCHECK_URL. Kubernetes ignores HEALTHCHECK (examples/k8s
+# has probes), and so does podman unless built with --format docker.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["/usr/local/bin/indexswarm-healthcheck"]
 ENTRYPOINT ["/usr/local/bin/indexswarm"]
