@@ -213,7 +213,6 @@ fn build_release_binaries() {
     c.current_dir(repo()).args([
         "build",
         "--release",
-        "--locked",
         "--bin",
         "indexswarm",
         "--example",
