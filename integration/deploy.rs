@@ -483,6 +483,185 @@ fn systemd_units_are_hardened_and_pass_systemd_analyze_verify() {
     );
 }
 
+/// The manifests as files, and what the test reads out of them.
+struct Manifests {
+    master: String,
+    replica: String,
+    ready_path: String,
+    live_path: String,
+}
+
+impl Manifests {
+    fn read() -> Manifests {
+        let master = std::fs::read_to_string(k8s("master.yaml")).unwrap();
+        let replica = std::fs::read_to_string(k8s("replica.yaml")).unwrap();
+        // The manifests run the images this test builds.
+        for (name, text) in [("master.yaml", &master), ("replica.yaml", &replica)] {
+            for image in ["indexswarm", "indexswarm-searchd"] {
+                assert!(
+                    text.contains(&format!("image: {image}:{VERSION}")),
+                    "{name} should run {image}:{VERSION}, the version in Cargo.toml"
+                );
+            }
+        }
+        Manifests {
+            ready_path: yaml_value(&replica, "readinessProbe:", "path"),
+            live_path: yaml_value(&replica, "livenessProbe:", "path"),
+            master,
+            replica,
+        }
+    }
+}
+
+/// The pods that are up, by name and address.
+struct Pods {
+    master_ip: String,
+    replicas: Vec<String>,
+    replica_ips: Vec<String>,
+}
+
+impl Pods {
+    fn master_url(&self) -> String {
+        format!("http://{}:7070", self.master_ip)
+    }
+}
+
+/// `podman kube play`: the master pod, then the replica Deployment once per
+/// replica; every file played is recorded for `kube down`.
+fn play(pm: &Podman, m: &Manifests, dir: &Path, dep: &mut Deployment) -> Pods {
+    let config = k8s("config.yaml");
+    let config = config.to_str().unwrap();
+    let master_file = k8s("master.yaml");
+    dep.played.push(master_file.clone());
+    let play = |file: &Path| {
+        pm.ok(&[
+            "kube",
+            "play",
+            "--configmap",
+            config,
+            file.to_str().unwrap(),
+        ]);
+    };
+    play(&master_file);
+    let mut replicas = Vec::new();
+    for suffix in REPLICAS {
+        let file = dir.join(format!("replica-{suffix}.yaml"));
+        std::fs::write(&file, replica_manifest_for_podman(&m.replica, suffix)).unwrap();
+        dep.played.push(file.clone());
+        play(&file);
+        let pod = format!("indexswarm-replica-{suffix}-pod-0");
+        dep.containers.push(format!("{pod}-searchd"));
+        dep.containers.push(format!("{pod}-indexswarm"));
+        replicas.push(pod);
+    }
+    Pods {
+        master_ip: pm.pod_ip(MASTER_POD),
+        replica_ips: replicas.iter().map(|p| pm.pod_ip(p)).collect(),
+        replicas,
+    }
+}
+
+/// Every sidecar answers its liveness path; a replica without an index is
+/// alive but not ready (when readiness is a path of its own).
+fn wait_alive_and_unready(m: &Manifests, pods: &Pods) {
+    let master = pods.master_url();
+    wait_until(Duration::from_secs(60), "the master's /healthz", || {
+        request("GET", &format!("{master}/healthz"), None, None).status == 200
+    });
+    for ip in &pods.replica_ips {
+        let live = format!("http://{ip}:7071{}", m.live_path);
+        wait_until(Duration::from_secs(60), "a replica's liveness path", || {
+            request("GET", &live, None, None).status == 200
+        });
+        if m.ready_path != m.live_path {
+            let r = request(
+                "GET",
+                &format!("http://{ip}:7071{}", m.ready_path),
+                None,
+                None,
+            );
+            assert_eq!(
+                r.status,
+                503,
+                "{} before any version: {}",
+                m.ready_path,
+                r.text()
+            );
+        }
+    }
+}
+
+/// Runs `searchd build ARGS` in the master pod's indexer container.
+fn build_snapshot(pm: &Podman, args: &[&str]) {
+    let indexer = format!("{MASTER_POD}-indexer");
+    let mut all = vec!["exec", indexer.as_str(), "searchd", "build"];
+    all.extend_from_slice(args);
+    pm.ok(&all);
+}
+
+/// `POST /snapshot` for `name` with the token; it must become version `n`.
+fn publish(master: &str, token: &str, name: &str, n: u64) {
+    let body = format!("{{\"path\": \"{name}\"}}");
+    let r = request(
+        "POST",
+        &format!("{master}/snapshot"),
+        Some(&body),
+        Some(&format!("Bearer {token}")),
+    );
+    assert!(
+        r.status == 201 || r.status == 200,
+        "POST /snapshot with the Secret's token: {} {}",
+        r.status,
+        r.text()
+    );
+    assert_eq!(r.json()["version"], n, "{}", r.text());
+}
+
+/// The probes and the scrape targets, at the paths and ports the manifests
+/// name, through each pod's address; then the image's HEALTHCHECK program
+/// inside a sidecar: healthy on the sidecar's port, not on a closed one.
+fn check_probes(pm: &Podman, m: &Manifests, pods: &Pods) {
+    let metrics_port = yaml_value(&m.replica, "prometheus.io/port", "prometheus.io/port");
+    let metrics = |url: String| {
+        let r = request("GET", &url, None, None);
+        assert!(
+            r.status == 200 && r.text().contains("indexswarm_"),
+            "metrics at {url} (the annotated port): {}",
+            r.status
+        );
+    };
+    for ip in &pods.replica_ips {
+        for path in [&m.ready_path, &m.live_path] {
+            let r = request("GET", &format!("http://{ip}:7071{path}"), None, None);
+            assert_eq!(r.status, 200, "replica {ip}{path}: {}", r.text());
+        }
+        metrics(format!("http://{ip}:{metrics_port}/metrics"));
+    }
+    let master_live = yaml_value(&m.master, "livenessProbe:", "path");
+    let master_metrics = yaml_value(&m.master, "prometheus.io/port", "prometheus.io/port");
+    let r = request(
+        "GET",
+        &format!("{}{master_live}", pods.master_url()),
+        None,
+        None,
+    );
+    assert_eq!(r.status, 200, "master {master_live}");
+    metrics(format!(
+        "http://{}:{master_metrics}/metrics",
+        pods.master_ip
+    ));
+
+    let sidecar = format!("{}-indexswarm", pods.replicas[0]);
+    pm.ok(&["exec", &sidecar, "/usr/local/bin/indexswarm-healthcheck"]);
+    let closed = pm.quiet(&[
+        "exec",
+        &sidecar,
+        "/usr/local/bin/indexswarm-healthcheck",
+        "http://127.0.0.1:1/healthz",
+    ]);
+    assert!(!closed.status.success(), "the probe fails on a closed port");
+}
+
 #[test]
 fn the_k8s_manifests_under_podman_serve_version_2_from_every_replica_pod() {
     let Some(pm) = Podman::here() else { return };
@@ -496,25 +675,7 @@ fn the_k8s_manifests_under_podman_serve_version_2_from_every_replica_pod() {
     let size = check_sidecar_image(&pm);
     let imaged = Instant::now();
 
-    // The manifests run the images just built.
-    let master_yaml = std::fs::read_to_string(k8s("master.yaml")).unwrap();
-    let replica_yaml = std::fs::read_to_string(k8s("replica.yaml")).unwrap();
-    for (name, text) in [
-        ("master.yaml", &master_yaml),
-        ("replica.yaml", &replica_yaml),
-    ] {
-        for image in ["indexswarm", "indexswarm-searchd"] {
-            assert!(
-                text.contains(&format!("image: {image}:{VERSION}")),
-                "{name} should run {image}:{VERSION}, the version in Cargo.toml"
-            );
-        }
-    }
-
-    let ready_path = yaml_value(&replica_yaml, "readinessProbe:", "path");
-    let live_path = yaml_value(&replica_yaml, "livenessProbe:", "path");
-    let metrics_port = yaml_value(&replica_yaml, "prometheus.io/port", "prometheus.io/port");
-
+    let m = Manifests::read();
     remove_leftovers(&pm);
     let token = format!(
         "{:x}{:x}",
@@ -533,94 +694,23 @@ fn the_k8s_manifests_under_podman_serve_version_2_from_every_replica_pod() {
         ],
     };
     create_secret(&pm, d.path(), &token);
-    let config = k8s("config.yaml");
-    let config = config.to_str().unwrap();
-    let master_file = k8s("master.yaml");
-    dep.played.push(master_file.clone());
-    pm.ok(&[
-        "kube",
-        "play",
-        "--configmap",
-        config,
-        master_file.to_str().unwrap(),
-    ]);
-    let mut replica_pods = Vec::new();
-    for suffix in REPLICAS {
-        let file = d.path().join(format!("replica-{suffix}.yaml"));
-        std::fs::write(&file, replica_manifest_for_podman(&replica_yaml, suffix)).unwrap();
-        dep.played.push(file.clone());
-        pm.ok(&[
-            "kube",
-            "play",
-            "--configmap",
-            config,
-            file.to_str().unwrap(),
-        ]);
-        let pod = format!("indexswarm-replica-{suffix}-pod-0");
-        dep.containers.push(format!("{pod}-searchd"));
-        dep.containers.push(format!("{pod}-indexswarm"));
-        replica_pods.push(pod);
-    }
-    let master_ip = pm.pod_ip(MASTER_POD);
-    let replica_ips: Vec<String> = replica_pods.iter().map(|p| pm.pod_ip(p)).collect();
-    let master = format!("http://{master_ip}:7070");
-    wait_until(Duration::from_secs(60), "the master's /healthz", || {
-        request("GET", &format!("{master}/healthz"), None, None).status == 200
-    });
-    for ip in &replica_ips {
-        let live = format!("http://{ip}:7071{live_path}");
-        wait_until(Duration::from_secs(60), "a replica's liveness path", || {
-            request("GET", &live, None, None).status == 200
-        });
-        // A replica without an index is alive but must not take queries.
-        if ready_path != live_path {
-            let r = request("GET", &format!("http://{ip}:7071{ready_path}"), None, None);
-            assert_eq!(
-                r.status,
-                503,
-                "{ready_path} before any version: {}",
-                r.text()
-            );
-        }
-    }
+    let pods = play(&pm, &m, d.path(), &mut dep);
+    wait_alive_and_unready(&m, &pods);
     let played = Instant::now();
 
     // Version 1, built by the indexer in the master pod, published through
-    // the API with the token from the Secret.
-    let indexer = format!("{MASTER_POD}-indexer");
-    let v1 = "snapshot.20261124120000000";
-    let v2 = "snapshot.20261124121500000";
-    pm.ok(&[
-        "exec",
-        &indexer,
-        "searchd",
-        "build",
-        "--docs",
-        "3000",
-        "--out",
-        &format!("/snapshots/{v1}"),
-    ]);
-    let body = |name: &str| format!("{{\"path\": \"{name}\"}}");
-    let bearer = format!("Bearer {token}");
-    let refused = request("POST", &format!("{master}/snapshot"), Some(&body(v1)), None);
+    // the API with the token from the Secret (and refused without it).
+    let master = pods.master_url();
+    let (v1, v2) = ("snapshot.20261124120000000", "snapshot.20261124121500000");
+    build_snapshot(
+        &pm,
+        &["--docs", "3000", "--out", &format!("/snapshots/{v1}")],
+    );
+    let body = format!("{{\"path\": \"{v1}\"}}");
+    let refused = request("POST", &format!("{master}/snapshot"), Some(&body), None);
     assert_eq!(refused.status, 401, "POST /snapshot without the token");
-    let publish = |name: &str, n: u64| {
-        let r = request(
-            "POST",
-            &format!("{master}/snapshot"),
-            Some(&body(name)),
-            Some(&bearer),
-        );
-        assert!(
-            r.status == 201 || r.status == 200,
-            "POST /snapshot with the Secret's token: {} {}",
-            r.status,
-            r.text()
-        );
-        assert_eq!(r.json()["version"], n, "{}", r.text());
-    };
-    publish(v1, 1);
-    for ip in &replica_ips {
+    publish(&master, &token, v1, 1);
+    for ip in &pods.replica_ips {
         wait_until(
             Duration::from_secs(120),
             "searchd in a replica pod to serve version 1",
@@ -631,20 +721,19 @@ fn the_k8s_manifests_under_podman_serve_version_2_from_every_replica_pod() {
     }
 
     // Version 2: one more document, in a new segment.
-    pm.ok(&[
-        "exec",
-        &indexer,
-        "searchd",
-        "build",
-        "--from",
-        &format!("/snapshots/{v1}"),
-        "--add",
-        "zanzibar appears only in version two",
-        "--out",
-        &format!("/snapshots/{v2}"),
-    ]);
-    publish(v2, 2);
-    for ip in &replica_ips {
+    build_snapshot(
+        &pm,
+        &[
+            "--from",
+            &format!("/snapshots/{v1}"),
+            "--add",
+            "zanzibar appears only in version two",
+            "--out",
+            &format!("/snapshots/{v2}"),
+        ],
+    );
+    publish(&master, &token, v2, 2);
+    for ip in &pods.replica_ips {
         wait_until(
             Duration::from_secs(120),
             "searchd in a replica pod to find the version 2 document",
@@ -664,60 +753,18 @@ fn the_k8s_manifests_under_podman_serve_version_2_from_every_replica_pod() {
     }
     let replicated = Instant::now();
 
-    // The probes and the scrape target, at the paths and ports the
-    // manifests name, through each pod's address.
-    for ip in &replica_ips {
-        for path in [&ready_path, &live_path] {
-            let r = request("GET", &format!("http://{ip}:7071{path}"), None, None);
-            assert_eq!(r.status, 200, "replica {ip}{path}: {}", r.text());
-        }
-        let m = request(
-            "GET",
-            &format!("http://{ip}:{metrics_port}/metrics"),
-            None,
-            None,
-        );
-        assert!(
-            m.status == 200 && m.text().contains("indexswarm_"),
-            "replica metrics at the annotated port {metrics_port}: {}",
-            m.status
-        );
-    }
-    let master_live = yaml_value(&master_yaml, "livenessProbe:", "path");
-    let master_metrics = yaml_value(&master_yaml, "prometheus.io/port", "prometheus.io/port");
-    let r = request("GET", &format!("{master}{master_live}"), None, None);
-    assert_eq!(r.status, 200, "master {master_live}");
-    let m = request(
-        "GET",
-        &format!("http://{master_ip}:{master_metrics}/metrics"),
-        None,
-        None,
-    );
-    assert!(m.status == 200 && m.text().contains("indexswarm_"));
-    // The image's HEALTHCHECK program, inside a sidecar container: healthy
-    // on the sidecar's port, unhealthy on a closed one.
-    let sidecar = format!("{}-indexswarm", replica_pods[0]);
-    pm.ok(&["exec", &sidecar, "/usr/local/bin/indexswarm-healthcheck"]);
-    let closed = pm.quiet(&[
-        "exec",
-        &sidecar,
-        "/usr/local/bin/indexswarm-healthcheck",
-        "http://127.0.0.1:1/healthz",
-    ]);
-    assert!(!closed.status.success(), "the probe fails on a closed port");
-
-    let mut rss = Vec::new();
-    for c in [format!("{MASTER_POD}-indexswarm"), sidecar.clone()] {
-        rss.push(format!(
-            "{c} {} KiB",
-            pm.peak_rss_kib(&c).map_or("?".into(), |k| k.to_string())
-        ));
-    }
+    check_probes(&pm, &m, &pods);
+    let rss: Vec<String> = [MASTER_POD, &pods.replicas[0]]
+        .iter()
+        .map(|pod| {
+            let c = format!("{pod}-indexswarm");
+            let kib = pm.peak_rss_kib(&c).map_or("?".into(), |k| k.to_string());
+            format!("{c} {kib} KiB")
+        })
+        .collect();
 
     dep.take_down();
-    let mut pods = vec![MASTER_POD.to_string()];
-    pods.extend(replica_pods);
-    for pod in &pods {
+    for pod in std::iter::once(MASTER_POD).chain(pods.replicas.iter().map(String::as_str)) {
         assert!(
             !pm.quiet(&["pod", "exists", pod]).status.success(),
             "kube down left pod {pod}"
