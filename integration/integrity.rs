@@ -385,6 +385,13 @@ fn start_confused_master(real: &str, mode: Arc<AtomicU8>) -> String {
                 )
             };
             let (code, ctype, body) = match (mode.load(Ordering::SeqCst), path) {
+                // A master of the first release: no rollouts, no reports, so
+                // the replica follows /versions/latest, which this one fakes.
+                (_, p) if p.starts_with("/rollout") || p.starts_with("/replicas") => (
+                    404,
+                    "application/json".into(),
+                    b"{\"error\":\"not found\"}".to_vec(),
+                ),
                 (BOGUS, "/versions/latest") | (BOGUS, "/versions") => {
                     match get_json(&format!("{real}/versions/latest")) {
                         Some(mut v) => {

@@ -14,6 +14,7 @@ mod interop;
 mod master;
 mod netns;
 mod replica;
+mod rollout;
 mod search;
 mod stalls;
 mod strangers;

@@ -12,6 +12,7 @@
 //! - [`source`]: load a torrent from a path or URL.
 //! - [`telemetry`], [`shutdown`]: logging and the signal → cancellation path.
 //! - [`cli`]: subcommands → library calls.
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -35,6 +35,11 @@ pub struct RawIndex {
     pub delete_old_snapshots: Option<bool>,
     pub piece_length: Option<ByteSize>,
     pub align_files: Option<bool>,
+    pub rollout: Option<String>,
+    pub canary: Option<Vec<String>>,
+    pub canary_secs: Option<u64>,
+    pub ready_timeout_secs: Option<u64>,
+    pub min_ready: Option<f64>,
     // both
     pub keep_versions: Option<usize>,
     // replica

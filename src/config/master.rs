@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use super::index::{self, RawIndex, DEFAULT_INDEX};
 use super::{addr, local_host_name, pick, rate, secs, ConfigError};
+use crate::api::Policy;
 use crate::units::ByteSize;
 
 /// Master settings as given (file, environment or flags); all optional.
@@ -82,6 +83,24 @@ pub struct RawMaster {
     )]
     #[serde(skip)]
     pub index: Vec<String>,
+    /// "independent" (each replica swaps when it has a version) or "fleet"
+    /// (replicas stage it; the master activates it for all) [default: independent].
+    #[arg(long, env = "INDEXSWARM_MASTER_ROLLOUT")]
+    pub rollout: Option<String>,
+    /// Fleet rollouts: replica ids that run a new version first
+    /// (comma-separated).
+    #[arg(long, env = "INDEXSWARM_MASTER_CANARY", value_delimiter = ',')]
+    pub canary: Option<Vec<String>>,
+    /// Fleet rollouts: how long the canaries run it before the rest [default: 60].
+    #[arg(long, env = "INDEXSWARM_MASTER_CANARY_SECS")]
+    pub canary_secs: Option<u64>,
+    /// Fleet rollouts: how long to wait for every replica to stage [default: 600].
+    #[arg(long, env = "INDEXSWARM_MASTER_READY_TIMEOUT_SECS")]
+    pub ready_timeout_secs: Option<u64>,
+    /// Fleet rollouts: after ready_timeout_secs, activate if at least this
+    /// fraction of replicas staged it, 0.0-1.0 [default: 1.0].
+    #[arg(long, env = "INDEXSWARM_MASTER_MIN_READY")]
+    pub min_ready: Option<f64>,
 }
 
 /// Default `verify_rate`: SHA-1 runs at 500 MB/s or more on one core, so
@@ -117,6 +136,11 @@ impl RawMaster {
             } else {
                 other.index
             },
+            rollout: pick(self.rollout, other.rollout),
+            canary: pick(self.canary, other.canary),
+            canary_secs: pick(self.canary_secs, other.canary_secs),
+            ready_timeout_secs: pick(self.ready_timeout_secs, other.ready_timeout_secs),
+            min_ready: pick(self.min_ready, other.min_ready),
         }
     }
 
@@ -257,6 +281,7 @@ impl RawMaster {
         t: RawIndex,
         errors: &mut Vec<String>,
     ) -> Option<MasterIndex> {
+        let rollout = self.rollout_settings(&name, &t, errors);
         let Some(snapshots_dir) = t.snapshots_dir.filter(|d| !d.as_os_str().is_empty()) else {
             errors.push(format!("[index.{name}] needs snapshots_dir"));
             return None;
@@ -306,7 +331,57 @@ impl RawMaster {
                 .unwrap_or(false),
             piece_length: piece_length.map(|p| p.0),
             align_files: t.align_files.or(self.align_files).unwrap_or(true),
+            rollout,
         })
+    }
+
+    /// The index's rollout policy: its table's keys, else the section's.
+    fn rollout_settings(&self, name: &str, t: &RawIndex, errors: &mut Vec<String>) -> Rollout {
+        let policy = match t.rollout.as_deref().or(self.rollout.as_deref()) {
+            None | Some("independent") => Policy::Independent,
+            Some("fleet") => Policy::Fleet,
+            Some(other) => {
+                errors.push(format!(
+                    "rollout = {other:?} (index {name:?}) must be \"independent\" or \"fleet\""
+                ));
+                Policy::Independent
+            }
+        };
+        let canary: Vec<String> = t
+            .canary
+            .clone()
+            .or_else(|| self.canary.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect();
+        if canary.len() > MAX_CANARIES {
+            errors.push(format!("canary lists more than {MAX_CANARIES} replicas"));
+        }
+        let min_ready = t.min_ready.or(self.min_ready).unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&min_ready) {
+            errors.push(format!("min_ready = {min_ready} must be from 0.0 to 1.0"));
+        }
+        Rollout {
+            policy,
+            canary,
+            canary_secs: secs(
+                "canary_secs",
+                t.canary_secs.or(self.canary_secs),
+                60,
+                0,
+                errors,
+            ),
+            ready_timeout: secs(
+                "ready_timeout_secs",
+                t.ready_timeout_secs.or(self.ready_timeout_secs),
+                600,
+                1,
+                errors,
+            ),
+            min_ready: min_ready.clamp(0.0, 1.0),
+        }
     }
 }
 
@@ -342,6 +417,33 @@ fn derive_url(listen: SocketAddr) -> String {
     format!("http://{host}:{}", listen.port())
 }
 
+/// Most replica ids a `canary` list may name.
+const MAX_CANARIES: usize = 1000;
+
+/// How an index's versions go live.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    pub policy: Policy,
+    /// Replica ids that activate first (fleet).
+    pub canary: Vec<String>,
+    pub canary_secs: Duration,
+    pub ready_timeout: Duration,
+    /// Fraction of replicas staged for an activation after `ready_timeout`.
+    pub min_ready: f64,
+}
+
+impl Default for Rollout {
+    fn default() -> Rollout {
+        Rollout {
+            policy: Policy::Independent,
+            canary: Vec::new(),
+            canary_secs: Duration::from_secs(60),
+            ready_timeout: Duration::from_secs(600),
+            min_ready: 1.0,
+        }
+    }
+}
+
 /// One index of the master, validated.
 #[derive(Debug, Clone)]
 pub struct MasterIndex {
@@ -354,6 +456,7 @@ pub struct MasterIndex {
     pub delete_old_snapshots: bool,
     pub piece_length: Option<u64>,
     pub align_files: bool,
+    pub rollout: Rollout,
 }
 
 /// Validated master settings.

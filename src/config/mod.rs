@@ -17,8 +17,10 @@ use std::time::Duration;
 use crate::units::ByteSize;
 
 pub use index::{RawIndex, DEFAULT_INDEX};
-pub use master::{MasterConfig, MasterIndex, RawMaster};
-pub use replica::{RawReplica, ReplicaConfig, ReplicaSetConfig, SolrConfig, SwapMode};
+pub use master::{MasterConfig, MasterIndex, RawMaster, Rollout};
+pub use replica::{
+    FleetIdentity, RawReplica, ReplicaConfig, ReplicaSetConfig, SolrConfig, SwapMode,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

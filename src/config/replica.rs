@@ -95,6 +95,29 @@ pub struct RawReplica {
     )]
     #[serde(skip)]
     pub index: Vec<String>,
+    /// This replica's name in the master's /replicas [default: the host name].
+    #[arg(long, env = "INDEXSWARM_REPLICA_ID")]
+    pub id: Option<String>,
+    /// Where this replica runs (a rack, zone or data centre), for /replicas.
+    #[arg(long, env = "INDEXSWARM_REPLICA_ZONE")]
+    pub zone: Option<String>,
+    /// /readyz answers 503 when the live version is more than this many
+    /// versions behind the master's active one [default: 1].
+    #[arg(long, env = "INDEXSWARM_REPLICA_MAX_LAG_VERSIONS")]
+    pub max_lag_versions: Option<u64>,
+    /// Checked after each swap and every poll interval: a shell command
+    /// (exit 0 = healthy) or an http(s):// URL (2xx = healthy). A failing
+    /// canary makes a fleet rollout roll back.
+    #[arg(long, env = "INDEXSWARM_REPLICA_HEALTH_CHECK")]
+    pub health_check: Option<String>,
+}
+
+/// A plain replica id or zone: 1–`max` letters, digits, `.`, `_`, `-`, `:`.
+fn plain_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
 }
 
 impl RawReplica {
@@ -125,6 +148,10 @@ impl RawReplica {
             } else {
                 o.index
             },
+            id: pick(self.id, o.id),
+            zone: pick(self.zone, o.zone),
+            max_lag_versions: pick(self.max_lag_versions, o.max_lag_versions),
+            health_check: pick(self.health_check, o.health_check),
         }
     }
 
@@ -185,6 +212,7 @@ impl RawReplica {
             peer_listen,
             download_limit: rate("download_limit", self.download_limit, 0, &mut errors),
             upload_limit: rate("upload_limit", self.upload_limit, 0, &mut errors),
+            fleet: self.fleet_identity(&mut errors),
         };
         let indexes = self.indexes(&shared, tables, &mut errors);
         if !errors.is_empty() {
@@ -279,8 +307,74 @@ impl RawReplica {
             seed_old: shared.seed_old,
             stall: shared.stall,
             limits: shared.limits,
+            fleet: shared.fleet.clone(),
         })
     }
+}
+
+impl RawReplica {
+    /// `id`, `zone`, `max_lag_versions` and `health_check`, checked.
+    fn fleet_identity(&self, errors: &mut Vec<String>) -> FleetIdentity {
+        let id = self
+            .id
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| host_id(&super::local_host_name()));
+        if !plain_name(&id, 128) {
+            errors.push(format!(
+                "id = {id:?} must be 1-128 letters, digits, '.', '_', '-' or ':'"
+            ));
+        }
+        let zone = self.zone.clone().filter(|z| !z.is_empty());
+        if let Some(z) = &zone {
+            if !plain_name(z, 64) {
+                errors.push(format!(
+                    "zone = {z:?} must be 1-64 letters, digits, '.', '_', '-' or ':'"
+                ));
+            }
+        }
+        let max_lag_versions = self.max_lag_versions.unwrap_or(1);
+        if max_lag_versions > 1_000_000 {
+            errors.push(format!(
+                "max_lag_versions = {max_lag_versions} must be at most 1000000"
+            ));
+        }
+        FleetIdentity {
+            id,
+            zone,
+            max_lag_versions,
+            health_check: self.health_check.clone().filter(|h| !h.trim().is_empty()),
+        }
+    }
+}
+
+/// A host name as an id: characters an id may not hold become `-`.
+fn host_id(host: &str) -> String {
+    let id: String = host
+        .chars()
+        .take(128)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if id.is_empty() {
+        "replica".into()
+    } else {
+        id
+    }
+}
+
+/// Who this replica is to the master, and when it counts as ready.
+#[derive(Debug, Clone)]
+pub struct FleetIdentity {
+    pub id: String,
+    pub zone: Option<String>,
+    pub max_lag_versions: u64,
+    pub health_check: Option<String>,
 }
 
 /// What every index of the replica shares.
@@ -294,6 +388,7 @@ struct Shared {
     peer_listen: SocketAddr,
     download_limit: u64,
     upload_limit: u64,
+    fleet: FleetIdentity,
 }
 
 fn swap_mode(
@@ -382,6 +477,7 @@ pub struct ReplicaConfig {
     pub seed_old: Duration,
     pub stall: Duration,
     pub limits: super::PeerLimits,
+    pub fleet: FleetIdentity,
 }
 
 #[cfg(test)]

@@ -80,10 +80,10 @@ fn resolve(snapshots: &Path, given: &str) -> Result<String, (StatusCode, String)
 }
 
 /// Largest `POST /snapshot` body accepted.
-const BODY_LIMIT: usize = 64 * 1024;
+pub(super) const BODY_LIMIT: usize = 64 * 1024;
 
 /// Why a request body could not be read.
-enum BodyError {
+pub(super) enum BodyError {
     TooLarge,
     Read(String),
 }
@@ -92,7 +92,7 @@ enum BodyError {
 /// `warp::body::content_length_limit`, which rejects any request without a
 /// `Content-Length` header, a body-less `curl -X POST URL` reads as empty,
 /// and a chunked body is still bounded.
-async fn read_body<S, B>(body: S) -> Result<Bytes, BodyError>
+pub(super) async fn read_body<S, B>(body: S) -> Result<Bytes, BodyError>
 where
     S: futures::Stream<Item = Result<B, warp::Error>>,
     B: bytes::Buf,
@@ -118,7 +118,7 @@ where
 /// The index a route names (`/indexes/{name}/...`), or the one the
 /// unprefixed routes serve; an error reply when there is none.
 /// (The reply is boxed: a `Response` is large and the error path is rare.)
-fn pick(master: &Master, name: Option<&str>) -> Result<Arc<Index>, Box<Reply>> {
+pub(super) fn pick(master: &Master, name: Option<&str>) -> Result<Arc<Index>, Box<Reply>> {
     let found = match name {
         Some(n) => master.index(n),
         None => master.default_index(),
@@ -140,7 +140,7 @@ fn pick(master: &Master, name: Option<&str>) -> Result<Arc<Index>, Box<Reply>> {
 }
 
 /// Does the request carry the API token (when one is configured)?
-fn authorized(master: &Master, auth: Option<&str>) -> bool {
+pub(super) fn authorized(master: &Master, auth: Option<&str>) -> bool {
     match &master.cfg().api_token {
         None => true,
         Some(token) => auth
@@ -233,14 +233,6 @@ fn versions_of(m: &Master, index: Option<&str>) -> Reply {
     }
 }
 
-fn latest_of(m: &Master, index: Option<&str>) -> Reply {
-    match pick(m, index).map(|i| i.versions().into_iter().next()) {
-        Ok(Some(v)) => json(StatusCode::OK, &v),
-        Ok(None) => error(StatusCode::NOT_FOUND, "no version published yet"),
-        Err(r) => *r,
-    }
-}
-
 fn torrent_of(m: &Master, index: Option<&str>, n: u64) -> Reply {
     match pick(m, index).map(|i| i.torrent(n)) {
         Ok(Some(bytes)) => text(StatusCode::OK, "application/x-bittorrent", bytes),
@@ -279,10 +271,6 @@ fn version_routes(
         .and(get)
         .and(m.clone())
         .map(|m: Arc<Master>| versions_of(&m, None));
-    let latest = warp::path!("versions" / "latest")
-        .and(get)
-        .and(m.clone())
-        .map(|m: Arc<Master>| latest_of(&m, None));
     let torrent = warp::path!("versions" / u64 / "torrent")
         .and(get)
         .and(m.clone())
@@ -295,22 +283,14 @@ fn version_routes(
         .and(get)
         .and(m.clone())
         .map(|i: String, m: Arc<Master>| versions_of(&m, Some(&i)));
-    let i_latest = warp::path!("indexes" / String / "versions" / "latest")
-        .and(get)
-        .and(m.clone())
-        .map(|i: String, m: Arc<Master>| latest_of(&m, Some(&i)));
     let i_torrent = warp::path!("indexes" / String / "versions" / u64 / "torrent")
         .and(get)
         .and(m)
         .map(|i: String, n: u64, m: Arc<Master>| torrent_of(&m, Some(&i), n));
-    latest
-        .or(versions)
-        .unify()
+    versions
         .or(torrent)
         .unify()
         .or(indexes)
-        .unify()
-        .or(i_latest)
         .unify()
         .or(i_versions)
         .unify()
@@ -322,6 +302,7 @@ pub fn routes(
     master: Arc<Master>,
 ) -> impl Filter<Extract = (Reply,), Error = std::convert::Infallible> + Clone {
     let tracker = crate::tracker::routes(master.tracker().clone());
+    let master_for_fleet = master.clone();
     let m = warp::any().map(move || master.clone());
 
     let snapshot = warp::path!("snapshot")
@@ -357,8 +338,11 @@ pub fn routes(
             )
         });
 
+    let fleet = super::fleet::routes(master_for_fleet);
     snapshot
         .or(i_snapshot)
+        .unify()
+        .or(fleet)
         .unify()
         .or(version_routes(m.clone()))
         .unify()

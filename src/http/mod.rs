@@ -1,6 +1,7 @@
 //! The HTTP APIs of both sidecars, as warp filters. Handlers call into
 //! `master` / `replica`; errors become `{"error": "..."}` with a status code.
 
+mod fleet;
 pub mod master;
 pub mod replica;
 

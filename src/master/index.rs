@@ -23,6 +23,7 @@ use crate::config::{MasterIndex, DEFAULT_INDEX};
 pub(super) struct Locked {
     cfg: MasterIndex,
     registry: Registry,
+    rollout: super::rollout::Rollout,
     lock: crate::util::DirLock,
 }
 
@@ -38,6 +39,10 @@ pub struct Index {
     /// Bumped whenever a version is published, retired or withdrawn (wakes the verifier).
     pub(super) changes: tokio::sync::watch::Sender<u64>,
     pub(super) verify: Mutex<VerifyStatus>,
+    /// When versions go live (`rollout.rs`), saved in `rollout.json`.
+    pub(super) rollout: Mutex<super::rollout::Rollout>,
+    /// Bumped on every change a long poll waits for (`activation.rs`).
+    pub(super) generation: tokio::sync::watch::Sender<u64>,
     /// What the last publication cost, for `/status`.
     pub(super) last_publish: Mutex<Option<super::PublishStats>>,
     /// The state's epoch (fixed for the life of the process).
@@ -58,9 +63,11 @@ impl Index {
         let state_dir = cfg.state_dir.canonicalize().map_err(state_err)?;
         let lock = crate::util::DirLock::acquire(&state_dir, "state directory")?;
         let registry = Registry::open(&cfg.state_dir)?;
+        let rollout = super::activation::load(&cfg.state_dir).unwrap_or_default();
         Ok(Locked {
             cfg,
             registry,
+            rollout,
             lock,
         })
     }
@@ -69,6 +76,7 @@ impl Index {
         let Locked {
             cfg,
             registry,
+            rollout,
             lock,
         } = l;
         Index {
@@ -83,6 +91,8 @@ impl Index {
             changes: tokio::sync::watch::channel(0).0,
             verify: Mutex::new(VerifyStatus::default()),
             last_publish: Mutex::new(None),
+            rollout: Mutex::new(rollout),
+            generation: tokio::sync::watch::channel(0).0,
             _lock: lock,
         }
     }
@@ -114,6 +124,16 @@ impl Index {
             created_at: r.created_at.clone(),
             epoch: self.epoch.clone(),
             index: self.name.clone(),
+            state: match r.state {
+                registry::VersionState::Published
+                    if self.rollout.lock().active == Some(r.version) =>
+                {
+                    "active"
+                }
+                registry::VersionState::Published => "published",
+                registry::VersionState::Retired => "retired",
+                registry::VersionState::Modified => "withdrawn",
+            },
         }
     }
 
@@ -242,6 +262,10 @@ impl Index {
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut integrity = tokio::time::interval(Duration::from_secs(10));
         integrity.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Reports also drive the rollout as they arrive; this catches the
+        // clock (timeouts, canary_secs, replicas going stale).
+        let mut rollout = tokio::time::interval(Duration::from_millis(250));
+        rollout.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -253,7 +277,15 @@ impl Index {
                     while rx.try_recv().is_ok() {}
                     self.scan().await;
                 }
-                _ = integrity.tick() => self.check_published().await,
+                _ = integrity.tick() => {
+                    self.check_published().await;
+                    self.apply_retention().await;
+                }
+                _ = rollout.tick() => {
+                    if self.drive_rollout() {
+                        self.apply_retention().await;
+                    }
+                }
             }
         }
         let _ = verifier.await;
@@ -285,6 +317,7 @@ impl Index {
     /// Restores seeding after a restart and says so.
     pub(super) async fn start(self: &Arc<Self>) {
         self.restore().await;
+        self.init_rollout();
         info!(
             index = %self.name,
             snapshots = %self.cfg.snapshots_dir.display(),

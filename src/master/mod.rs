@@ -16,9 +16,12 @@
 //! HTTP port ([`Shared`]). The unprefixed routes of the first release serve
 //! the index named `default`, or the only index.
 
+mod activation;
+pub mod fleet;
 mod index;
 mod publisher;
 pub mod registry;
+pub mod rollout;
 mod status;
 mod verifier;
 pub mod watcher;
@@ -31,6 +34,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+pub use activation::{ActivateError, MAX_WAIT};
 pub use index::Index;
 pub use publisher::{PublishError, PublishStats, SeedError};
 pub use verifier::VerifyStatus;
@@ -57,6 +61,9 @@ pub struct VersionInfo {
     /// The index the version belongs to.
     #[serde(default)]
     pub index: String,
+    /// `published`, `active` (what the fleet runs), `retired` or `withdrawn`.
+    #[serde(default)]
+    pub state: &'static str,
 }
 
 /// Counters and histograms the master updates as things happen, each with
@@ -132,6 +139,8 @@ pub struct Shared {
     pub peer_addr: SocketAddr,
     pub metrics: MasterMetrics,
     pub registry_metrics: Metrics,
+    /// The replicas heard from, for every index.
+    pub fleet: Mutex<fleet::Fleet>,
     /// One budget for every index's verifier: `verify_rate` in total.
     pub(crate) throttle: Mutex<verifier::Throttle>,
     started: std::time::Instant,
@@ -230,6 +239,7 @@ impl Master {
             metrics.register_index(&i.name);
         }
         let shared = Arc::new(Shared {
+            fleet: Mutex::new(fleet::Fleet::default()),
             throttle: Mutex::new(verifier::Throttle::new(cfg.verify_rate)),
             metrics,
             registry_metrics,
@@ -253,6 +263,11 @@ impl Master {
             "master ready"
         );
         Ok(Arc::new(Master { shared, indexes }))
+    }
+
+    /// What every index shares (the fleet's reports among it).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     pub fn cfg(&self) -> &MasterConfig {

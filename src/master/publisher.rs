@@ -200,6 +200,7 @@ impl Index {
             sources,
         };
         self.registry.lock().push(rec.clone())?;
+        self.rollout_published(version);
         self.registry_changed();
         let secs = started.elapsed().as_secs_f64();
         self.shared
@@ -298,7 +299,7 @@ impl Index {
 
     /// Retires published versions beyond `keep_versions`, then forgets
     /// what no longer needs remembering (`Registry::prune`).
-    pub(super) async fn apply_retention(&self) {
+    pub async fn apply_retention(&self) {
         self.retire_old().await;
         let root = self.cfg.snapshots_dir.clone();
         let exists = |name: &str| std::fs::symlink_metadata(root.join(name)).is_ok();
@@ -307,13 +308,17 @@ impl Index {
         }
     }
 
+    /// Published versions beyond `keep_versions`, but never one the rollout
+    /// or a live replica still needs (active, rolled out, previous, staged).
     async fn retire_old(&self) {
+        let protected = self.protected_versions();
         let old: Vec<VersionRecord> = self
             .registry
             .lock()
             .published()
             .into_iter()
             .skip(self.cfg.keep_versions)
+            .filter(|r| !protected.contains(&r.version))
             .collect();
         for rec in old {
             info!(version = rec.version, name = %rec.name, "retiring version beyond keep_versions");
@@ -363,6 +368,7 @@ impl Index {
     /// Wakes whoever follows the set of published versions (the verifier).
     fn registry_changed(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        self.bump_generation();
     }
 
     /// After a restart: seed every published version again, trusting files

@@ -31,10 +31,19 @@ impl Replica {
         &self,
         url: &str,
     ) -> Result<Option<T>, CycleError> {
+        self.get_json_within(url, Duration::from_secs(20)).await
+    }
+
+    /// GETs `url` as JSON within `limit` (a long poll needs longer): `None` on 404.
+    pub(super) async fn get_json_within<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        limit: Duration,
+    ) -> Result<Option<T>, CycleError> {
         let mut r = self
             .http
             .get(url)
-            .timeout(Duration::from_secs(20))
+            .timeout(limit)
             .send()
             .await
             .map_err(|e| CycleError::Unreachable(crate::util::error_chain(&e)))?;
@@ -71,21 +80,47 @@ impl Replica {
             .unwrap_or_default())
     }
 
-    /// One poll, and a replication if the master has something to follow.
-    pub(super) async fn cycle(self: &Arc<Self>) -> Result<Outcome, CycleError> {
-        let url = self.api("/versions/latest");
-        let latest: Option<RemoteVersion> = self.get_json(&url).await?;
-        {
-            let warning = self.swap_warning.lock().clone();
-            let mut st = self.status.lock();
-            if st.state == State::Error {
-                st.state = State::Idle;
-            }
-            st.last_error = warning;
+    /// One poll, and a replication if the master has something to follow:
+    /// the rollout's long poll (`follow.rs`), or `/versions/latest` from a
+    /// master without rollouts. `wait` is how long the master may hold the
+    /// long poll.
+    pub(super) async fn cycle(self: &Arc<Self>, wait: Duration) -> Result<Outcome, CycleError> {
+        match self.fetch_view(wait).await? {
+            Some(view) => self.follow_view(view).await,
+            None => self.legacy_cycle().await,
         }
-        let Some(latest) = latest else {
-            return Ok(Outcome::UpToDate);
-        };
+    }
+
+    /// A master without `/rollout`: poll `/versions/latest`.
+    async fn legacy_cycle(self: &Arc<Self>) -> Result<Outcome, CycleError> {
+        let latest: Option<RemoteVersion> = self.get_json(&self.api("/versions/latest")).await?;
+        self.clear_error();
+        if let Some(l) = &latest {
+            self.status.lock().active_version = Some(l.version);
+        }
+        match latest {
+            Some(l) => self.follow_latest(l).await,
+            None => Ok(Outcome::UpToDate),
+        }
+    }
+
+    /// A new cycle starts clean: the last cycle's error goes (a standing
+    /// warning stays).
+    pub(super) fn clear_error(&self) {
+        let warning = self.swap_warning.lock().clone();
+        let mut st = self.status.lock();
+        if st.state == State::Error {
+            st.state = State::Idle;
+        }
+        st.last_error = warning;
+    }
+
+    /// Follows the master's newest version, as `plan.rs` decides.
+    pub(super) async fn follow_latest(
+        self: &Arc<Self>,
+        latest: RemoteVersion,
+    ) -> Result<Outcome, CycleError> {
+        let url = self.api("/versions/latest");
         latest
             .check()
             .map_err(|message| CycleError::Malformed { url, message })?;
@@ -122,7 +157,10 @@ impl Replica {
         Ok(Outcome::Replicated)
     }
 
-    async fn fetch_torrent(&self, v: &RemoteVersion) -> Result<(Metainfo, Vec<u8>), CycleError> {
+    pub(super) async fn fetch_torrent(
+        &self,
+        v: &RemoteVersion,
+    ) -> Result<(Metainfo, Vec<u8>), CycleError> {
         let torrent_err = |message: String| CycleError::Torrent {
             version: v.version,
             message,
@@ -143,7 +181,7 @@ impl Replica {
     /// Records `epoch` (if the master has one) in `DATA/master-epoch`;
     /// `always` rewrites it even if unchanged (every swap does, so the file
     /// always goes with the live version).
-    fn remember_epoch(&self, epoch: Option<&str>, always: bool) -> std::io::Result<()> {
+    pub(super) fn remember_epoch(&self, epoch: Option<&str>, always: bool) -> std::io::Result<()> {
         let Some(e) = epoch else { return Ok(()) };
         if !always && self.epoch.lock().as_deref() == Some(e) {
             return Ok(());
@@ -153,23 +191,26 @@ impl Replica {
         Ok(())
     }
 
-    async fn replicate(
+    /// `/status` at the start of staging `target`.
+    pub(super) fn begin_cycle(&self, target: &RemoteVersion, meta: &Metainfo) {
+        let mut st = self.status.lock();
+        st.state = State::Verifying;
+        st.target_version = Some(target.version);
+        st.bytes_total = meta.data_length();
+        st.bytes_downloaded = 0;
+        st.bytes_reused = 0;
+        st.bytes_wasted = 0;
+        st.progress = 0.0;
+    }
+
+    pub(super) async fn replicate(
         self: &Arc<Self>,
         target: &RemoteVersion,
         meta: Arc<Metainfo>,
         torrent: Vec<u8>,
     ) -> Result<(), CycleError> {
         let started = Instant::now();
-        {
-            let mut st = self.status.lock();
-            st.state = State::Verifying;
-            st.target_version = Some(target.version);
-            st.bytes_total = meta.data_length();
-            st.bytes_downloaded = 0;
-            st.bytes_reused = 0;
-            st.bytes_wasted = 0;
-            st.progress = 0.0;
-        }
+        self.begin_cycle(target, &meta);
         info!(version = target.version, info_hash = %meta.info_hash, bytes = meta.data_length(), "replicating");
         let slot = self.stage(target, meta.clone(), &torrent).await?;
         self.install(target, &slot, meta, started).await
@@ -202,6 +243,7 @@ impl Replica {
             path,
         };
         let old = self.live.lock().replace(new_live.clone());
+        self.unstage(&new_live);
         info!(version = target.version, slot, path = %new_live.path.display(), secs = format!("{:.2}", started.elapsed().as_secs_f64()), "swapped");
         {
             let mut st = self.status.lock();
@@ -221,6 +263,7 @@ impl Replica {
         let warning = (!warnings.is_empty()).then(|| warnings.join("; "));
         *self.swap_warning.lock() = warning.clone();
         self.status.lock().last_error = warning;
+        self.check_health().await;
         self.hand_over_seeding(old, &new_live).await;
         self.apply_retention().await;
         Ok(())

@@ -26,6 +26,10 @@ pub enum CycleError {
         version: u64,
         source: crate::swarm::SessionFailure,
     },
+    #[error(
+        "download of version {0} aborted (POST /abort or /pause); its verified pieces are kept"
+    )]
+    Aborted(u64),
     #[error("download of version {0} ended: the session stopped")]
     SessionEnded(u64),
     #[error("{}: {source}", path.display())]

@@ -29,10 +29,12 @@
 mod cycle;
 pub mod error;
 pub mod fetcher;
+mod follow;
 pub mod layout;
 pub mod manifest;
 pub mod plan;
 mod recover;
+mod report;
 mod retention;
 pub mod sidecar;
 mod stage;
@@ -54,7 +56,8 @@ use crate::metainfo::{InfoHash, Metainfo};
 use crate::swarm::{Check, Engine, Session, SessionOptions};
 use crate::util::{rfc3339_in, DirLock};
 pub use error::CycleError;
-pub use sidecar::{ReplicaSet, SetStatus};
+pub use report::NotReady;
+pub use sidecar::{Lever, ReplicaSet, SetStatus};
 pub use status::{State, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +118,21 @@ pub struct Replica {
     uploaded_before: std::sync::atomic::AtomicU64,
     /// The torrent being downloaded now, if any.
     downloading: Mutex<Option<InfoHash>>,
+    /// A version downloaded and verified, waiting for activation (fleet).
+    staged: Mutex<Option<follow::Staged>>,
+    /// The master's rollout generation last seen (for the long poll).
+    generation: Mutex<Option<u64>>,
+    /// The master's last rollout view (readiness reads it).
+    view: Mutex<Option<crate::api::RolloutView>>,
+    /// Why the last health check failed (None: passed, or none configured).
+    health_error: Mutex<Option<String>>,
+    /// `POST /pause` until `POST /resume`.
+    paused: std::sync::atomic::AtomicBool,
+    /// Wakes the loop out of a pause, and a download out of its wait.
+    resumed: Notify,
+    /// Bumped to end the download in progress (`POST /abort`, `POST /pause`);
+    /// a download watches for a change from the value it started with.
+    abort: tokio::sync::watch::Sender<u64>,
     /// Held for the life of the process: one replica per data directory.
     _lock: DirLock,
 }
@@ -123,6 +141,8 @@ pub struct Replica {
 enum Outcome {
     UpToDate,
     Replicated,
+    /// A version was staged (fleet): poll again at once for its activation.
+    Staged,
     /// The master is behind this replica; the message says how.
     Behind(String),
 }
@@ -156,7 +176,11 @@ impl Replica {
         let LockedDir { cfg, lock } = locked;
         let http = engine.http().clone();
         let replica = Arc::new(Replica {
-            status: Mutex::new(Status::new(cfg.master_url.clone())),
+            status: Mutex::new(Status::new(
+                cfg.master_url.clone(),
+                cfg.fleet.id.clone(),
+                cfg.fleet.zone.clone(),
+            )),
             epoch: Mutex::new(layout::read_epoch(&cfg.data_dir)),
             cfg,
             engine,
@@ -167,6 +191,13 @@ impl Replica {
             poll_now: Notify::new(),
             uploaded_before: Default::default(),
             downloading: Mutex::new(None),
+            staged: Mutex::new(None),
+            generation: Mutex::new(None),
+            view: Mutex::new(None),
+            paused: Default::default(),
+            health_error: Mutex::new(None),
+            resumed: Notify::new(),
+            abort: tokio::sync::watch::channel(0).0,
             _lock: lock,
         });
         replica.recover().await;
@@ -234,29 +265,50 @@ impl Replica {
         Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
     }
 
-    /// Polls and replicates until `shutdown`.
+    /// Polls and replicates until `shutdown`. Against a master with
+    /// rollouts each cycle is a long poll (the master answers as soon as
+    /// something changes), so the loop itself waits only after a failure
+    /// or against an older master.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
         let mut immediate = true;
         loop {
-            let wait = if immediate {
+            if self.is_paused() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.resumed.notified() => {}
+                }
+                continue;
+            }
+            let long_poll = self.generation.lock().is_some() && failures == 0;
+            let wait = if immediate || long_poll {
                 Duration::ZERO
             } else {
                 self.next_wait(failures)
             };
-            self.status.lock().next_poll_at = Some(rfc3339_in(wait));
+            // The master may hold a long poll for one poll interval.
+            let hold = if immediate {
+                Duration::ZERO
+            } else {
+                self.cfg.poll_interval
+            };
+            // When the replica asks next at the latest: a long poll is
+            // answered at once on any change, else when it times out.
+            let next = if long_poll && !immediate { hold } else { wait };
+            self.status.lock().next_poll_at = Some(rfc3339_in(next));
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.poll_now.notified() => {}
+                _ = self.resumed.notified() => {}
             }
             self.retire_old_seeds().await;
             let started = Instant::now();
             let r = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = self.cycle() => r,
+                r = self.cycle(hold) => r,
             };
-            immediate = matches!(r, Ok(Outcome::Replicated));
+            immediate = matches!(r, Ok(Outcome::Replicated | Outcome::Staged));
             failures = if r.is_err() {
                 failures.saturating_add(1)
             } else {
@@ -266,6 +318,36 @@ impl Replica {
         }
     }
 
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `POST /pause`: stop polling and downloading (a download in progress
+    /// ends; its verified pieces stay for later).
+    pub fn pause(&self) {
+        self.paused
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.status.lock().paused = true;
+        self.abort.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// `POST /resume`.
+    pub fn resume(&self) {
+        self.paused
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.status.lock().paused = false;
+        self.resumed.notify_waiters();
+        self.poll_now();
+    }
+
+    /// `POST /abort`: end the download in progress, keeping its verified
+    /// pieces in `.partial` for the next attempt. Returns whether one ran.
+    pub fn abort(&self) -> bool {
+        let running = self.downloading.lock().is_some();
+        self.abort.send_modify(|n| *n = n.wrapping_add(1));
+        running
+    }
+
     /// Puts a cycle's outcome into `/status`.
     fn record_outcome(&self, r: Result<Outcome, CycleError>, took: Duration) {
         let warning = self.swap_warning.lock().clone();
@@ -273,7 +355,11 @@ impl Replica {
         match r {
             Ok(Outcome::UpToDate) => {
                 if st.state != State::Error {
-                    st.state = State::Idle;
+                    st.state = if st.staged_version.is_some() {
+                        State::Staged
+                    } else {
+                        State::Idle
+                    };
                 }
             }
             Ok(Outcome::Behind(message)) => {
@@ -282,6 +368,11 @@ impl Replica {
                     Some(w) => format!("{message}; {w}"),
                     None => message,
                 });
+            }
+            Ok(Outcome::Staged) => {
+                st.state = State::Staged;
+                st.last_error = warning;
+                st.last_cycle_seconds = Some(took.as_secs_f64());
             }
             Ok(Outcome::Replicated) => {
                 // Something newer may already be waiting.
@@ -349,6 +440,9 @@ impl Replica {
             st.download_rate = 0;
         }
         st.seeding = seeding;
+        if st.last_error.is_none() {
+            st.last_error = self.health_error.lock().clone();
+        }
         st
     }
 

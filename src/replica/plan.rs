@@ -20,38 +20,8 @@
 
 use crate::metainfo::InfoHash;
 
-/// The fields of a master's version object the replica relies on (extra
-/// fields are ignored, so masters may add more).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct RemoteVersion {
-    pub version: u64,
-    pub info_hash: InfoHash,
-    pub torrent_url: String,
-    /// Absent from masters older than epochs.
-    #[serde(default)]
-    pub epoch: Option<String>,
-}
-
-impl RemoteVersion {
-    /// Refuses an epoch that is not a short id (it is stored on disk and
-    /// compared, nothing else; a hostile one must stay small).
-    pub fn check(&self) -> Result<(), String> {
-        match &self.epoch {
-            Some(e)
-                if e.is_empty()
-                    || e.len() > 64
-                    || !e.bytes().all(|b| b.is_ascii_alphanumeric()) =>
-            {
-                Err(format!(
-                    "version {}: epoch {:?} is not an id of 1 to 64 letters and digits",
-                    self.version,
-                    e.chars().take(80).collect::<String>()
-                ))
-            }
-            _ => Ok(()),
-        }
-    }
-}
+/// A master's version object, as the replica reads it.
+pub use crate::api::VersionRef as RemoteVersion;
 
 /// What is live: its number and its info-hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -53,6 +53,8 @@ impl Replica {
         crash::point("retention_start");
         let data = self.cfg.data_dir.clone();
         let mut keep: Vec<String> = self.live.lock().iter().map(|l| l.slot.clone()).collect();
+        // A staged version waits for its activation.
+        keep.extend(self.staged_slot());
         if let SwapMode::Symlink = self.cfg.mode {
             keep.extend(swapper::read_current(&data));
         }

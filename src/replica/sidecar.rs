@@ -16,6 +16,14 @@ use crate::config::ReplicaSetConfig;
 use crate::swarm::{Engine, EngineConfig};
 use crate::telemetry::Metrics;
 
+/// An operator's lever on the replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lever {
+    Pause,
+    Resume,
+    Abort,
+}
+
 pub struct ReplicaSet {
     pub engine: Engine,
     /// In name order; at least one.
@@ -67,17 +75,18 @@ impl ReplicaSet {
 
     /// Polls and replicates every index until `shutdown`, then stops the engine.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let loops: Vec<_> = self
-            .replicas
-            .iter()
-            .map(|r| {
-                let span = tracing::info_span!("index", index = %r.cfg.index);
-                tokio::spawn(tracing::Instrument::instrument(
-                    r.clone().run(shutdown.clone()),
-                    span,
-                ))
-            })
-            .collect();
+        let mut loops = Vec::new();
+        for r in &self.replicas {
+            let span = tracing::info_span!("index", index = %r.cfg.index);
+            loops.push(tokio::spawn(tracing::Instrument::instrument(
+                r.clone().run(shutdown.clone()),
+                span.clone(),
+            )));
+            loops.push(tokio::spawn(tracing::Instrument::instrument(
+                r.clone().run_reporter(shutdown.clone()),
+                span,
+            )));
+        }
         for l in loops {
             let _ = l.await;
         }
@@ -87,6 +96,44 @@ impl ReplicaSet {
     /// Asks every index to poll the master now.
     pub fn poll_now(&self) {
         self.replicas.iter().for_each(|r| r.poll_now());
+    }
+
+    /// `/readyz`: every index ready; otherwise each reason, by index.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let why: Vec<String> = self
+            .replicas
+            .iter()
+            .filter_map(|r| r.readiness().err().map(|e| (r, e)))
+            .map(|(r, e)| format!("{}: {e}", r.cfg.index))
+            .collect();
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why)
+        }
+    }
+
+    /// `POST /pause`, `/resume`, `/abort` on one index or on all.
+    pub fn lever(&self, index: Option<&str>, action: Lever) -> Result<Vec<String>, String> {
+        let targets: Vec<&Arc<Replica>> = match index {
+            Some(name) => vec![self
+                .replica(name)
+                .ok_or_else(|| format!("this replica does not follow an index named {name:?}"))?],
+            None => self.replicas.iter().collect(),
+        };
+        let mut aborted = Vec::new();
+        for r in targets {
+            match action {
+                Lever::Pause => r.pause(),
+                Lever::Resume => r.resume(),
+                Lever::Abort => {
+                    if r.abort() {
+                        aborted.push(r.cfg.index.clone());
+                    }
+                }
+            }
+        }
+        Ok(aborted)
     }
 
     pub fn status(&self) -> SetStatus {
@@ -100,7 +147,7 @@ impl ReplicaSet {
                 .replicas
                 .first()
                 .map(|r| r.status())
-                .unwrap_or_else(|| Status::new(String::new())),
+                .unwrap_or_else(|| Status::new(String::new(), String::new(), None)),
             indexes,
         }
     }

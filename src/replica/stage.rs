@@ -168,6 +168,9 @@ impl Replica {
         staging: &Path,
     ) -> Result<(), CycleError> {
         let version = target.version;
+        if self.is_paused() {
+            return Err(CycleError::Aborted(version));
+        }
         if let Some(old) = self.engine.get(&meta.info_hash) {
             self.stop_session(&old).await;
         }
@@ -185,6 +188,8 @@ impl Replica {
         // is still listed runs beside this loop, never in it, so /status
         // keeps following the download whatever the master does.
         let mut retired = self.watch_retirement(meta.info_hash);
+        let mut aborted = self.abort.subscribe();
+        aborted.mark_unchanged();
         let result = loop {
             {
                 let p = progress.borrow_and_update().clone();
@@ -204,6 +209,7 @@ impl Replica {
                     break Err(CycleError::SessionEnded(version));
                 },
                 Some(()) = retired.recv() => break Err(CycleError::Retired(version)),
+                _ = aborted.changed() => break Err(CycleError::Aborted(version)),
             }
         };
         retired.close();

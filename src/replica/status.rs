@@ -7,7 +7,22 @@ pub enum State {
     Downloading,
     Verifying,
     Swapping,
+    /// A version is downloaded, verified and ready to swap (fleet rollouts).
+    Staged,
     Error,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::Downloading => "downloading",
+            State::Verifying => "verifying",
+            State::Swapping => "swapping",
+            State::Staged => "staged",
+            State::Error => "error",
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -40,10 +55,23 @@ pub struct Status {
     /// Versions being seeded to other replicas.
     pub seeding: Vec<u64>,
     pub master_url: String,
+    /// This replica's id and zone, as the master's /replicas shows them.
+    pub id: String,
+    pub zone: Option<String>,
+    /// Downloaded and verified, waiting for the master to activate it.
+    pub staged_version: Option<u64>,
+    /// When the staged version was ready to swap.
+    pub staged_at: Option<String>,
+    /// `POST /pause`: no polling, no downloading until `POST /resume`.
+    pub paused: bool,
+    /// The master's active version, as last heard.
+    pub active_version: Option<u64>,
+    /// The `health_check` passed (true when there is none).
+    pub healthy: bool,
 }
 
 impl Status {
-    pub fn new(master_url: String) -> Status {
+    pub fn new(master_url: String, id: String, zone: Option<String>) -> Status {
         Status {
             state: State::Idle,
             current_version: None,
@@ -68,6 +96,13 @@ impl Status {
             versions_on_disk: Vec::new(),
             seeding: Vec::new(),
             master_url,
+            id,
+            zone,
+            staged_version: None,
+            staged_at: None,
+            paused: false,
+            active_version: None,
+            healthy: true,
         }
     }
 }

@@ -122,6 +122,26 @@ pub fn private_copy(path: &Path) -> io::Result<()> {
     copy_durably(path, path)
 }
 
+/// Bytes free for an unprivileged writer on the filesystem holding `path`
+/// (`statvfs`: blocks available × fragment size), or `None` if it cannot
+/// be asked.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable
+    // memory of the right size; statvfs fills it on success only.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so `st` is initialised.
+    let st = unsafe { st.assume_init() };
+    // The field types are u64 here but narrower on some targets.
+    #[allow(clippy::useless_conversion)]
+    u64::from(st.f_bavail).checked_mul(u64::from(st.f_frsize))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

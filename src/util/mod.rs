@@ -16,9 +16,9 @@ pub mod lock;
 pub mod time;
 
 pub use self::errors::error_chain;
-pub use self::fs::{link_or_copy, sync_dir, write_atomic};
+pub use self::fs::{free_bytes, link_or_copy, sync_dir, write_atomic};
 pub use self::lock::{DirLock, LockError};
-pub use self::time::{now_rfc3339, rfc3339_in};
+pub use self::time::{now_rfc3339, now_unix_ms, parse_rfc3339_ms, rfc3339_at_ms, rfc3339_in};
 
 #[cfg(test)]
 mod tests {

@@ -24,6 +24,33 @@ pub fn now_rfc3339() -> String {
     format_rfc3339(OffsetDateTime::now_utc())
 }
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A time given in milliseconds since the Unix epoch, as RFC 3339 with
+/// milliseconds; an unrepresentable one gives the latest representable time.
+pub fn rfc3339_at_ms(ms: u64) -> String {
+    let t = i128::from(ms)
+        .checked_mul(1_000_000)
+        .and_then(|ns| OffsetDateTime::from_unix_timestamp_nanos(ns).ok());
+    match t {
+        Some(t) => format_rfc3339(t),
+        None => "9999-12-31T23:59:59.999Z".to_string(),
+    }
+}
+
+/// Parses RFC 3339 (any offset, any fraction) into milliseconds since the
+/// Unix epoch; `None` for anything else or a time before 1970.
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let t = OffsetDateTime::parse(s, &::time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 /// `d` from now. A duration too large to represent (a hostile or mistaken
 /// setting) gives the latest representable time instead of a panic.
 pub fn rfc3339_in(d: Duration) -> String {
@@ -56,6 +83,18 @@ mod tests {
         let s = now_rfc3339();
         assert!(has_millis(&s), "{s}");
         assert!(OffsetDateTime::parse(&s, &Rfc3339).is_ok(), "{s}");
+    }
+
+    #[test]
+    fn unix_milliseconds_round_trip_through_rfc3339() {
+        let ms = 1_795_000_000_123;
+        let s = rfc3339_at_ms(ms);
+        assert!(has_millis(&s), "{s}");
+        assert_eq!(parse_rfc3339_ms(&s), Some(ms));
+        assert!(has_millis(&rfc3339_at_ms(u64::MAX)));
+        assert_eq!(parse_rfc3339_ms("yesterday"), None);
+        let now = now_unix_ms();
+        assert!(parse_rfc3339_ms(&now_rfc3339()).unwrap() >= now);
     }
 
     #[test]
