@@ -7,6 +7,7 @@ mod architecture;
 mod bounds;
 mod common;
 mod deploy;
+mod events;
 mod hostile;
 mod indexes;
 mod integrity;

@@ -109,6 +109,9 @@ pub struct Report {
     pub download_rate: u64,
     #[serde(default)]
     pub upload_rate: u64,
+    /// Payload bytes this replica served to its peers, in total.
+    #[serde(default)]
+    pub bytes_uploaded: u64,
     #[serde(default)]
     pub peers: u64,
     #[serde(default)]

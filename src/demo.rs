@@ -252,6 +252,14 @@ pub struct DemoOptions {
     /// Work here instead of a temporary directory, and keep it afterwards.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// After the story, keep everything running with a fleet rollout per
+    /// version, print the dashboard's URL, and publish a new version every
+    /// --every seconds until Ctrl-C.
+    #[arg(long)]
+    pub serve: bool,
+    /// With --serve: seconds between new versions.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub every: u64,
 }
 
 /// The demo runs every node in one process on one machine: more replicas
@@ -404,6 +412,9 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         announce_interval_secs: Some(5),
         // The demo lasts seconds and measures transfers: no re-verification.
         verify_rate: Some(crate::units::ByteSize(0)),
+        // Served, it shows rollouts on the dashboard, and runs for hours.
+        rollout: opts.serve.then(|| "fleet".to_string()),
+        delete_old_snapshots: Some(opts.serve),
         ..Default::default()
     }
     .validate()?;
@@ -430,6 +441,8 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
             peer_listen: Some("127.0.0.1:0".into()),
             poll_interval_secs: Some(1),
             seed_old_secs: Some(60),
+            id: Some(format!("replica-{i}")),
+            zone: Some(format!("zone-{}", if i % 2 == 1 { "a" } else { "b" })),
             ..Default::default()
         }
         .validate()?;
@@ -477,6 +490,13 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         .phase(&master, &nodes, v2, name2, &snapshots, limit)
         .await?;
 
+    if opts.serve {
+        let last = Published {
+            dir: snapshots.join(name2),
+            version: v2,
+        };
+        serve(&opts, &http, &public_url, &staging, &snapshots, size, last).await?;
+    }
     replicas_shutdown.cancel();
     futures::future::join_all(nodes.iter().map(|n| n.set.engine.shutdown())).await;
     shutdown.cancel();
@@ -485,6 +505,59 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     if opts.dir.is_some() {
         println!("kept {}", root.display());
     }
+    Ok(())
+}
+
+/// The newest version the demo published, and its directory.
+struct Published {
+    dir: PathBuf,
+    version: u64,
+}
+
+/// `demo --serve`: a new version every `opts.every` seconds until Ctrl-C,
+/// for the dashboard to show. Each adds about 1% and rewrites the commit
+/// point, as an hourly Solr commit would.
+async fn serve(
+    opts: &DemoOptions,
+    http: &reqwest::Client,
+    url: &str,
+    staging: &Path,
+    snapshots: &Path,
+    size: u64,
+    mut last: Published,
+) -> Result<()> {
+    let stop = crate::shutdown::on_signal();
+    println!(
+        "
+dashboard: {url}/   (replicas: /replicas, rollout: /rollout)"
+    );
+    println!(
+        "a new version every {} s, rolled out to the fleet; Ctrl-C to stop",
+        opts.every
+    );
+    let mut n: u64 = 3;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(opts.every)) => {}
+        }
+        let name = format!("snapshot.demo{n:06}");
+        let dst = staging.join(&name);
+        let prev = last.dir.clone();
+        let new_bytes = (size / 100).max(64 << 10);
+        tokio::task::spawn_blocking(move || next_snapshot(&prev, &dst, new_bytes, n))
+            .await
+            .context("generating a snapshot")??;
+        std::fs::rename(staging.join(&name), snapshots.join(&name))?;
+        let version = post_snapshot(http, url, &name).await?;
+        println!("published version {version} ({name}); the fleet stages and activates it");
+        last = Published {
+            dir: snapshots.join(&name),
+            version,
+        };
+        n += 1;
+    }
+    println!("stopping at version {}", last.version);
     Ok(())
 }
 

@@ -32,6 +32,7 @@ pub struct Metrics {
     gauges: parking_lot::Mutex<std::collections::HashMap<String, prometheus::IntGauge>>,
     counter_vecs: parking_lot::Mutex<std::collections::HashMap<String, prometheus::IntCounterVec>>,
     gauge_vecs: parking_lot::Mutex<std::collections::HashMap<String, prometheus::IntGaugeVec>>,
+    series: parking_lot::Mutex<std::collections::HashMap<String, prometheus::GaugeVec>>,
 }
 
 /// The label every per-index metric carries.
@@ -51,6 +52,7 @@ impl Metrics {
             gauges: Default::default(),
             counter_vecs: Default::default(),
             gauge_vecs: Default::default(),
+            series: Default::default(),
         }
     }
 
@@ -113,6 +115,38 @@ impl Metrics {
             g
         });
         v.with_label_values(&[index]).set(value);
+    }
+
+    /// Replaces every series of gauge `name` (labels `labels`) with
+    /// `series`: series not given disappear (a replica that left, a state
+    /// nobody is in), so the label sets stay as bounded as `series`.
+    pub fn set_gauge_series(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        series: &[(Vec<String>, f64)],
+    ) {
+        let mut map = self.series.lock();
+        let v = map.entry(name.to_string()).or_insert_with(|| {
+            let g = prometheus::GaugeVec::new(prometheus::Opts::new(name, help), labels)
+                .unwrap_or_else(|_| {
+                    prometheus::GaugeVec::new(
+                        prometheus::Opts::new("indexswarm_invalid_gauge_series", "bad metric"),
+                        labels,
+                    )
+                    .expect("static name")
+                });
+            let _ = self.registry.register(Box::new(g.clone()));
+            g
+        });
+        v.reset();
+        for (values, value) in series {
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            if let Ok(g) = v.get_metric_with_label_values(&values) {
+                g.set(*value);
+            }
+        }
     }
 
     /// A counter the caller increments.

@@ -67,7 +67,7 @@ impl fmt::Display for ByteSize {
             ("K", 1 << 10),
         ];
         for (name, mult) in UNITS {
-            if self.0 >= mult && self.0 % mult == 0 {
+            if self.0 >= mult && self.0.is_multiple_of(mult) {
                 return write!(f, "{}{}", self.0 / mult, name);
             }
         }

@@ -300,6 +300,16 @@ fn version_routes(
 
 pub fn routes(
     master: Arc<Master>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
+    let dashboard = super::events::master_routes(master.clone());
+    dashboard
+        .or(api_routes(master).map(|r: Reply| warp::Reply::into_response(r)))
+        .unify()
+}
+
+/// Everything but the dashboard: JSON (and torrents, and the tracker).
+fn api_routes(
+    master: Arc<Master>,
 ) -> impl Filter<Extract = (Reply,), Error = std::convert::Infallible> + Clone {
     let tracker = crate::tracker::routes(master.tracker().clone());
     let master_for_fleet = master.clone();

@@ -1,6 +1,7 @@
 //! The HTTP APIs of both sidecars, as warp filters. Handlers call into
 //! `master` / `replica`; errors become `{"error": "..."}` with a status code.
 
+pub mod events;
 mod fleet;
 pub mod master;
 pub mod replica;
@@ -66,13 +67,14 @@ pub struct BindError {
 }
 
 /// Binds `routes` on `addr` and serves them until `shutdown`.
-pub fn serve<F>(
+pub fn serve<F, R>(
     routes: F,
     addr: SocketAddr,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), BindError>
 where
-    F: Filter<Extract = (Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
+    F: Filter<Extract = (R,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
+    R: warp::Reply,
 {
     warp::serve(routes)
         .try_bind_with_graceful_shutdown(addr, async move { shutdown.cancelled().await })

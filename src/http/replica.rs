@@ -49,6 +49,14 @@ fn is_lever(action: &str) -> bool {
 
 pub fn routes(
     replica: Arc<Replica>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
+    super::events::replica_page()
+        .or(api_routes(replica).map(|r: Reply| warp::Reply::into_response(r)))
+        .unify()
+}
+
+fn api_routes(
+    replica: Arc<Replica>,
 ) -> impl Filter<Extract = (Reply,), Error = std::convert::Infallible> + Clone {
     let r = warp::any().map(move || replica.clone());
     let status = warp::path!("status")

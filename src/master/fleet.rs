@@ -54,6 +54,7 @@ pub struct ReplicaRow {
     pub bytes_downloaded: u64,
     pub download_rate: u64,
     pub upload_rate: u64,
+    pub bytes_uploaded: u64,
     pub peers: u64,
     /// Versions between the live one and the index's active one.
     pub lag_versions: u64,
@@ -218,6 +219,7 @@ impl Fleet {
                     bytes_downloaded: r.bytes_downloaded,
                     download_rate: r.download_rate,
                     upload_rate: r.upload_rate,
+                    bytes_uploaded: r.bytes_uploaded,
                     peers: r.peers,
                     lag_versions: lag,
                     last_seen: rfc3339_at_ms(e.last_seen),
@@ -241,6 +243,32 @@ impl Fleet {
             .flat_map(|(_, e)| [e.report.live_version, e.report.staged_version])
             .flatten()
             .collect()
+    }
+
+    /// Bytes the replicas of `index` served to peers (as last reported).
+    pub fn uploaded(&self, index: &str) -> u64 {
+        self.entries
+            .iter()
+            .filter(|((i, _), _)| i == index)
+            .fold(0u64, |sum, (_, e)| {
+                sum.saturating_add(e.report.bytes_uploaded)
+            })
+    }
+
+    /// Replicas of `index` by state (`stale` for silent ones).
+    pub fn count_by_state(&self, index: &str, now: u64) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for ((i, _), e) in &self.entries {
+            if i == index {
+                let state = if e.stale(now) {
+                    "stale"
+                } else {
+                    e.report.state.as_str()
+                };
+                *out.entry(state.to_string()).or_insert(0) += 1;
+            }
+        }
+        out
     }
 
     pub fn len(&self) -> usize {

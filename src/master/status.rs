@@ -97,6 +97,16 @@ impl Index {
         replicas.into_values().map(Value::Object).collect()
     }
 
+    /// Payload bytes the master served for this index's seeded versions.
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.registry
+            .lock()
+            .published()
+            .iter()
+            .filter_map(|r| self.shared.engine.get(&r.info_hash))
+            .fold(0u64, |sum, s| sum.saturating_add(s.snapshot().uploaded))
+    }
+
     /// This index's gauges, labelled with its name.
     fn render_metrics(&self) {
         let m = &self.shared.registry_metrics;
@@ -138,7 +148,89 @@ impl Index {
     }
 }
 
+/// The series of one fleet gauge, across indexes.
+type Series = Vec<(Vec<String>, f64)>;
+
 impl Master {
+    /// The fleet's gauges, across indexes: replicas by state, each
+    /// replica's lag (one series per replica id, bounded by the fleet's own
+    /// cap), the last rollout's swap skew, the peer-to-peer share, the
+    /// active version, and whether a rollout is stuck.
+    fn render_fleet_metrics(&self) {
+        let now = crate::util::now_unix_ms();
+        let (mut by_state, mut lag, mut skew, mut p2p, mut active, mut stuck): (
+            Series,
+            Series,
+            Series,
+            Series,
+            Series,
+            Series,
+        ) = Default::default();
+        for i in self.indexes() {
+            let name = i.name.clone();
+            let fleet = self.shared.fleet.lock();
+            for (state, n) in fleet.count_by_state(&name, now) {
+                by_state.push((vec![name.clone(), state], n as f64));
+            }
+            let active_of = |_: &str| i.active_version();
+            for row in fleet.rows(Some(&name), now, active_of) {
+                lag.push((vec![name.clone(), row.id], row.lag_versions as f64));
+            }
+            let replicas = fleet.uploaded(&name) as f64;
+            drop(fleet);
+            let view = i.rollout_view(None);
+            if let Some(s) = view.swap_skew_seconds {
+                skew.push((vec![name.clone()], s));
+            }
+            let total = replicas + i.uploaded_bytes() as f64;
+            p2p.push((
+                vec![name.clone()],
+                if total > 0.0 { replicas / total } else { 0.0 },
+            ));
+            active.push((vec![name.clone()], view.active_version.unwrap_or(0) as f64));
+            let is_stuck = view.phase == Some(crate::api::Phase::Stuck);
+            stuck.push((vec![name], if is_stuck { 1.0 } else { 0.0 }));
+        }
+        let m = &self.shared.registry_metrics;
+        let idx = &["index"];
+        m.set_gauge_series(
+            "indexswarm_fleet_replicas",
+            "Replicas that reported, by state (stale: silent for three poll intervals)",
+            &["index", "state"],
+            &by_state,
+        );
+        m.set_gauge_series(
+            "indexswarm_replica_lag_versions",
+            "Versions between a replica's live version and the active one",
+            &["index", "replica"],
+            &lag,
+        );
+        m.set_gauge_series(
+            "indexswarm_rollout_swap_skew_seconds",
+            "Last replica's swap minus the first's, for the last completed activation",
+            idx,
+            &skew,
+        );
+        m.set_gauge_series(
+            "indexswarm_peer_to_peer_ratio",
+            "Share of the bytes replicas received that other replicas served (0-1)",
+            idx,
+            &p2p,
+        );
+        m.set_gauge_series(
+            "indexswarm_active_version",
+            "The version the fleet runs (0: none yet)",
+            idx,
+            &active,
+        );
+        m.set_gauge_series(
+            "indexswarm_rollout_stuck",
+            "1 while a fleet rollout is stuck waiting for laggards",
+            idx,
+            &stuck,
+        );
+    }
+
     /// `/status`: the default index's fields at the top level (as in the
     /// first release), every index under `indexes`, and the totals.
     pub fn status(&self) -> Value {
@@ -190,6 +282,7 @@ impl Master {
             "Announces refused",
             s.failures.load(Relaxed),
         );
+        self.render_fleet_metrics();
         m.render()
     }
 }

@@ -72,7 +72,7 @@ pub(crate) fn owned_pieces(
     piece_length: u64,
 ) -> Option<(std::ops::Range<usize>, Tail)> {
     let f = &files[i];
-    if f.pad || f.length == 0 || f.offset % piece_length != 0 {
+    if f.pad || f.length == 0 || !f.offset.is_multiple_of(piece_length) {
         return None;
     }
     let end = f.offset.checked_add(f.length)?;

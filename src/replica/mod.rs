@@ -114,6 +114,8 @@ pub struct Replica {
     /// `last_error` until the next swap, not wiped by the next poll.
     swap_warning: Mutex<Option<String>>,
     poll_now: Notify,
+    /// Pieces that failed verification in downloads that have ended.
+    hash_failures_before: std::sync::atomic::AtomicU64,
     /// Payload uploaded by this index's sessions that have since stopped.
     uploaded_before: std::sync::atomic::AtomicU64,
     /// The torrent being downloaded now, if any.
@@ -190,6 +192,7 @@ impl Replica {
             swap_warning: Mutex::new(None),
             poll_now: Notify::new(),
             uploaded_before: Default::default(),
+            hash_failures_before: Default::default(),
             downloading: Mutex::new(None),
             staged: Mutex::new(None),
             generation: Mutex::new(None),
@@ -465,16 +468,47 @@ impl Replica {
             s.times_failed,
         );
         m.set_gauge_for(
-            "indexswarm_bytes_downloaded",
-            "Bytes downloaded this cycle",
+            "indexswarm_cycle_downloaded_bytes",
+            "Bytes downloaded over the network by the current or last cycle",
             l,
-            s.bytes_downloaded as i64,
+            i64::try_from(s.bytes_downloaded).unwrap_or(i64::MAX),
         );
         m.set_gauge_for(
-            "indexswarm_bytes_reused",
-            "Bytes reused from disk this cycle",
+            "indexswarm_cycle_reused_bytes",
+            "Bytes reused from disk by the current or last cycle",
             l,
-            s.bytes_reused as i64,
+            i64::try_from(s.bytes_reused).unwrap_or(i64::MAX),
+        );
+        m.set_counter_for(
+            "indexswarm_hash_failures_total",
+            "Pieces that failed verification (corrupt or hostile peers)",
+            l,
+            s.hash_failures,
+        );
+        let free = crate::util::free_bytes(&self.cfg.data_dir).unwrap_or(0);
+        m.set_gauge_for(
+            "indexswarm_free_disk_bytes",
+            "Free bytes on the data directory's filesystem",
+            l,
+            i64::try_from(free).unwrap_or(i64::MAX),
+        );
+        m.set_gauge_for(
+            "indexswarm_ready",
+            "1 when /readyz answers 200 for this index",
+            l,
+            i64::from(self.readiness().is_ok()),
+        );
+        m.set_gauge_for(
+            "indexswarm_staged_version",
+            "Version downloaded and waiting for activation (0: none)",
+            l,
+            i64::try_from(s.staged_version.unwrap_or(0)).unwrap_or(i64::MAX),
+        );
+        m.set_gauge_for(
+            "indexswarm_paused",
+            "1 while replication is paused (POST /pause)",
+            l,
+            i64::from(s.paused),
         );
         m.set_counter_for(
             "indexswarm_uploaded_bytes_total",

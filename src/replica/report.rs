@@ -85,6 +85,7 @@ impl Replica {
             bytes_downloaded: st.bytes_downloaded,
             download_rate: st.download_rate,
             upload_rate: st.upload_rate,
+            bytes_uploaded: st.bytes_uploaded,
             peers: st.peers as u64,
             last_error: st.last_error.clone(),
             free_disk: crate::util::free_bytes(&self.cfg.data_dir),

@@ -213,6 +213,9 @@ impl Replica {
             }
         };
         retired.close();
+        let failed = u64::from(progress.borrow().hash_failures);
+        self.hash_failures_before
+            .fetch_add(failed, std::sync::atomic::Ordering::Relaxed);
         if result.is_ok() {
             crash::point("download_complete");
         }
@@ -275,6 +278,10 @@ impl Replica {
         };
         st.download_rate = p.download_rate;
         st.peers = p.peers;
+        st.hash_failures = self
+            .hash_failures_before
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(u64::from(p.hash_failures));
         // A stall is reported while it lasts (INTERFACE: `stalled: <why>`),
         // then cleared by the next verified piece.
         st.last_error = p.stalled.as_ref().map(|why| format!("stalled: {why}"));

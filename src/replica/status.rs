@@ -68,6 +68,8 @@ pub struct Status {
     pub active_version: Option<u64>,
     /// The `health_check` passed (true when there is none).
     pub healthy: bool,
+    /// Pieces that failed verification, since start.
+    pub hash_failures: u64,
 }
 
 impl Status {
@@ -103,6 +105,7 @@ impl Status {
             paused: false,
             active_version: None,
             healthy: true,
+            hash_failures: 0,
         }
     }
 }

@@ -386,7 +386,7 @@ impl Picker {
         let Some(a) = self.active.get_mut(&block.piece) else {
             return BlockOutcome::Unwanted;
         };
-        if a.verifying || block.begin % BLOCK_SIZE != 0 {
+        if a.verifying || !block.begin.is_multiple_of(BLOCK_SIZE) {
             return BlockOutcome::Unwanted;
         }
         // Only a peer we asked may fill a block: an unrequested block is
