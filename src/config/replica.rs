@@ -110,6 +110,11 @@ pub struct RawReplica {
     /// canary makes a fleet rollout roll back.
     #[arg(long, env = "INDEXSWARM_REPLICA_HEALTH_CHECK")]
     pub health_check: Option<String>,
+    /// Wait for the master's changes with a long poll (answered the moment
+    /// a version is published or activated); false polls every interval,
+    /// for proxies that cut idle requests [default: true].
+    #[arg(long, env = "INDEXSWARM_REPLICA_LONG_POLL")]
+    pub long_poll: Option<bool>,
 }
 
 /// A plain replica id or zone: 1–`max` letters, digits, `.`, `_`, `-`, `:`.
@@ -152,6 +157,7 @@ impl RawReplica {
             zone: pick(self.zone, o.zone),
             max_lag_versions: pick(self.max_lag_versions, o.max_lag_versions),
             health_check: pick(self.health_check, o.health_check),
+            long_poll: pick(self.long_poll, o.long_poll),
         }
     }
 
@@ -202,6 +208,7 @@ impl RawReplica {
             ),
             seed_old: secs("seed_old_secs", self.seed_old_secs, 300, 0, &mut errors),
             stall: secs("stall_secs", self.stall_secs, 60, 1, &mut errors),
+            long_poll: self.long_poll.unwrap_or(true),
             limits: super::peer_limits(
                 self.max_peers,
                 self.max_peers_per_ip,
@@ -308,6 +315,7 @@ impl RawReplica {
             stall: shared.stall,
             limits: shared.limits,
             fleet: shared.fleet.clone(),
+            long_poll: shared.long_poll,
         })
     }
 }
@@ -389,6 +397,7 @@ struct Shared {
     download_limit: u64,
     upload_limit: u64,
     fleet: FleetIdentity,
+    long_poll: bool,
 }
 
 fn swap_mode(
@@ -478,6 +487,8 @@ pub struct ReplicaConfig {
     pub stall: Duration,
     pub limits: super::PeerLimits,
     pub fleet: FleetIdentity,
+    /// Follow the master by long poll (else every poll interval).
+    pub long_poll: bool,
 }
 
 #[cfg(test)]

@@ -283,14 +283,15 @@ impl Replica {
                 }
                 continue;
             }
-            let long_poll = self.generation.lock().is_some() && failures == 0;
+            let long_poll =
+                self.cfg.long_poll && self.generation.lock().is_some() && failures == 0;
             let wait = if immediate || long_poll {
                 Duration::ZERO
             } else {
                 self.next_wait(failures)
             };
             // The master may hold a long poll for one poll interval.
-            let hold = if immediate {
+            let hold = if immediate || !long_poll {
                 Duration::ZERO
             } else {
                 self.cfg.poll_interval
