@@ -3,13 +3,16 @@
 //! peak RSS (VmHWM), open descriptors sampled during a run, tracker
 //! registrations, files on disk.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use crate::common::{free_port, http_json, http_text, indexswarm, status_kb, P};
+use crate::common::{free_port, http_json, http_text, indexswarm, status_kb, wait_for, P};
 
 /// A master or replica process and its HTTP base URL.
 pub(crate) struct Node {
@@ -58,6 +61,31 @@ pub(crate) fn start_master(logs: &Path, name: &str, snaps: &Path, extra: &[&str]
     Ok(Node { p, base })
 }
 
+/// Starts `indexswarm replica` following `master`, polling every second.
+pub(crate) fn start_replica(logs: &Path, name: &str, master: &str, data: &Path) -> Result<Node> {
+    let (http, peer) = (free_port(), free_port());
+    let mut c = Command::new(indexswarm());
+    c.args(["replica", "--master-url", master, "--data-dir"])
+        .arg(data)
+        .args([
+            "--http-listen",
+            &format!("127.0.0.1:{http}"),
+            "--peer-listen",
+            &format!("127.0.0.1:{peer}"),
+            "--poll-interval-secs",
+            "1",
+        ]);
+    let mut p = P::spawn(name, c, logs)?;
+    let base = format!("http://127.0.0.1:{http}");
+    wait_healthy(&base, &mut p, name)?;
+    Ok(Node { p, base })
+}
+
+/// Asks a replica to poll now (instead of within its poll interval).
+pub(crate) fn poke(replica: &Node) {
+    let _ = http_json("POST", &format!("{}/poll", replica.base), None);
+}
+
 /// The master's newest version: its number and info-hash (hex).
 pub(crate) fn latest(master: &Node) -> Option<(u64, String)> {
     let j = http_json("GET", &format!("{}/versions/latest", master.base), None).ok()?;
@@ -79,12 +107,78 @@ pub(crate) fn wait_published(master: &Node, version: u64, since: Instant) -> Res
     }
 }
 
+/// Waits until the replica's live version is `version`; seconds from `since`.
+pub(crate) fn wait_replica(replica: &Node, version: u64, since: Instant) -> Result<f64> {
+    wait_for(Duration::from_secs(3600), "the replica", || {
+        replica.status()["current_version"] == version
+    })?;
+    Ok(since.elapsed().as_secs_f64())
+}
+
+/// Open file descriptors of a process.
+pub(crate) fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
 /// Resident memory now and at its peak (VmRSS, VmHWM), MiB.
 pub(crate) fn rss_mib(pid: u32) -> (f64, f64) {
     (
         status_kb(pid, "VmRSS:") as f64 / 1024.0,
         status_kb(pid, "VmHWM:") as f64 / 1024.0,
     )
+}
+
+/// The highest open-descriptor count seen per process.
+pub(crate) struct FdWatch {
+    stop: Arc<AtomicBool>,
+    peaks: Arc<Mutex<HashMap<u32, usize>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FdWatch {
+    /// Samples `ls /proc/PID/fd | wc -l` of each pid every 50 ms.
+    pub(crate) fn start(pids: Vec<u32>) -> FdWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peaks = Arc::new(Mutex::new(HashMap::new()));
+        let (s, p) = (stop.clone(), peaks.clone());
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                for &pid in &pids {
+                    let n = fd_count(pid);
+                    let mut g = p.lock().unwrap();
+                    let e = g.entry(pid).or_insert(0);
+                    *e = (*e).max(n);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        FdWatch {
+            stop,
+            peaks,
+            handle: Some(handle),
+        }
+    }
+
+    pub(crate) fn peak(&self, pid: u32) -> usize {
+        self.peaks
+            .lock()
+            .unwrap()
+            .get(&pid)
+            .copied()
+            .unwrap_or(0)
+            .max(fd_count(pid))
+    }
+}
+
+impl Drop for FdWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// `cp -al src dst`: what Solr's snapshots and `cp -al` do, hard links.

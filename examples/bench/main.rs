@@ -23,6 +23,7 @@ use std::path::PathBuf;
 mod cluster;
 mod common;
 mod create;
+mod files;
 mod netns;
 mod publish;
 mod publish_cost;
@@ -113,6 +114,17 @@ pub(crate) enum Cmd {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
+    /// Master + replicas on loopback: publish and replicate time, RSS and fds as the file count grows.
+    Files {
+        /// File counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "500,5000,50000")]
+        counts: Vec<usize>,
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+        /// Runs per count; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -141,5 +153,10 @@ fn main() -> Result<()> {
             change_pct,
             repeat,
         } => publish_cost::bench_publish_cost(&cli, size.0, *change_pct, *repeat),
+        Cmd::Files {
+            counts,
+            replicas,
+            repeat,
+        } => files::bench_files(&cli, counts, *replicas, *repeat),
     }
 }
