@@ -8,6 +8,7 @@ mod bounds;
 mod common;
 mod deploy;
 mod events;
+mod hardening;
 mod hostile;
 mod indexes;
 mod integrity;

@@ -155,10 +155,10 @@ fn our_tracker_answers_announce_and_scrape_over_http() {
         announce(&http, &url, &req).await.unwrap();
         req.peer_id = [8; 20];
         req.left = 10;
-        // Dictionary form, with peer ids.
+        // Dictionary form, without peer ids (the tracker never reveals them).
         let r = announce(&http, &url, &req).await.unwrap();
         assert_eq!(r.peers.len(), 1);
-        assert_eq!(r.peers[0].peer_id, Some([7; 20]));
+        assert_eq!(r.peers[0].peer_id, None);
         assert_eq!((r.complete, r.incomplete), (1, 1));
         // Unknown hash: failure reason.
         req.info_hash = InfoHash([1; 20]);

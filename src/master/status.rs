@@ -68,10 +68,13 @@ impl Index {
         &self,
         hash_to_version: &HashMap<crate::metainfo::InfoHash, u64>,
     ) -> Vec<Value> {
-        let mut replicas: HashMap<[u8; 20], Map<String, Value>> = HashMap::new();
+        // One row per peer id and address, as the tracker keys them: a
+        // stranger announcing a replica's id from elsewhere is another row.
+        let mut replicas: HashMap<([u8; 20], std::net::IpAddr), Map<String, Value>> =
+            HashMap::new();
         for (hash, version) in hash_to_version {
             for p in self.shared.tracker.peers(hash) {
-                let e = replicas.entry(p.peer_id).or_default();
+                let e = replicas.entry((p.peer_id, p.addr.ip())).or_default();
                 e.insert(
                     "peer_id".into(),
                     String::from_utf8_lossy(&p.peer_id[..8]).into_owned().into(),

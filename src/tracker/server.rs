@@ -9,6 +9,18 @@
 //! Memory is bounded: `numwant` is capped, each swarm holds at most
 //! `max_peers_per_torrent` peers, and in open mode at most `max_torrents`
 //! swarms exist. Peers that miss two announce intervals expire.
+//!
+//! Nobody can take a peer's place or crowd it out:
+//! - an entry is a peer id *at an address*: the same id announced from
+//!   elsewhere is another entry, and `stopped` removes only the entry of
+//!   the address it comes from; replies never carry peer ids;
+//! - one address (an IPv6 /64) holds at most [`MAX_PEERS_PER_ADDRESS`]
+//!   entries of a torrent; beyond that its newest stranger makes way;
+//! - a full torrent makes room by dropping the newest stranger of the
+//!   address holding the most strangers, never a member (an entry that has
+//!   announced [`MEMBER_ANNOUNCES`] times, or downloaded and said so), and
+//!   replies list members first, so a flood of new entries can neither
+//!   evict the fleet nor hide it from a replica that joins.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -31,6 +43,12 @@ use crate::metainfo::InfoHash;
 
 /// Longest announce interval the tracker hands out.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// Entries one address (an IPv4 address, an IPv6 /64) may hold in one
+/// torrent. One host runs one replica, a few with containers or a NAT;
+/// 64 leaves room for those, while a torrent's 10,000 slots take at least
+/// 157 addresses to fill. Not a setting: nobody has needed another value.
+pub const MAX_PEERS_PER_ADDRESS: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct TrackerConfig {
@@ -70,25 +88,62 @@ pub struct PeerRecord {
     pub downloaded: u64,
     pub left: u64,
     pub last_seen: Instant,
+    /// When this entry was made (its first announce).
+    pub first_seen: Instant,
+    /// Announces of this entry, its first included.
+    pub announces: u32,
+    /// It announced `completed` after its first announce.
+    pub completed: bool,
     /// How many replies listed this peer: the subset logic evens it out.
     pub handed_out: u64,
 }
 
+/// Announces after which an entry is a member rather than a stranger.
+pub const MEMBER_ANNOUNCES: u32 = 3;
+
+impl PeerRecord {
+    /// A member has announced again and again (or downloaded and said so
+    /// on a later announce): a peer that has stayed in the swarm. A new
+    /// entry is a stranger. Members are listed first and are never dropped
+    /// to make room for anyone.
+    pub fn is_member(&self) -> bool {
+        self.announces >= MEMBER_ANNOUNCES || (self.completed && self.announces >= 2)
+    }
+}
+
+/// An entry is one peer id at one address: announcing a peer id from
+/// another address makes another entry, so nobody can move or stop a peer
+/// whose id they learned.
+type PeerKey = ([u8; 20], IpAddr);
+
+/// The addresses one party holds as one: an IPv4 address, or an IPv6 /64
+/// (what one host or one customer is usually given).
+fn address_group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut seg = v6.segments();
+            seg[4..].fill(0);
+            IpAddr::V6(seg.into())
+        }
+    }
+}
+
 #[derive(Default)]
 struct Swarm {
-    peers: HashMap<[u8; 20], PeerRecord>,
+    peers: HashMap<PeerKey, PeerRecord>,
     seeders: usize,
     /// Announces with `event=completed`.
     downloaded: u64,
 }
 
 impl Swarm {
-    fn remove(&mut self, id: &[u8; 20]) {
-        if let Some(old) = self.peers.remove(id) {
-            if old.left == 0 {
-                self.seeders -= 1;
-            }
+    fn remove(&mut self, key: &PeerKey) -> Option<PeerRecord> {
+        let old = self.peers.remove(key)?;
+        if old.left == 0 {
+            self.seeders -= 1;
         }
+        Some(old)
     }
 
     fn expire(&mut self, cutoff: Option<Instant>) {
@@ -99,38 +154,102 @@ impl Swarm {
             self.seeders = self.peers.values().filter(|p| p.left == 0).count();
         }
     }
+
+    /// The newest stranger among `group`'s entries.
+    fn newest_stranger(&self, group: IpAddr) -> Option<PeerKey> {
+        self.peers
+            .iter()
+            .filter(|(k, p)| !p.is_member() && address_group(k.1) == group)
+            .max_by_key(|(_, p)| p.first_seen)
+            .map(|(k, _)| *k)
+    }
+
+    /// The address group holding the most strangers.
+    fn most_strangers(&self) -> Option<IpAddr> {
+        let mut counts: HashMap<IpAddr, usize> = HashMap::new();
+        for (k, p) in &self.peers {
+            if !p.is_member() {
+                *counts.entry(address_group(k.1)).or_default() += 1;
+            }
+        }
+        counts.into_iter().max_by_key(|(_, n)| *n).map(|(g, _)| g)
+    }
+
+    /// Room for a new entry from `ip`: nothing to do while its address
+    /// holds fewer than [`MAX_PEERS_PER_ADDRESS`] entries and the torrent
+    /// fewer than `cap`; else the newest stranger of that address (or, for
+    /// a full torrent, of the address holding the most strangers) goes.
+    /// `false` when only members hold the slots: the newcomer is answered
+    /// but not listed.
+    fn make_room(&mut self, ip: IpAddr, cap: usize) -> bool {
+        let group = address_group(ip);
+        let same = self
+            .peers
+            .keys()
+            .filter(|k| address_group(k.1) == group)
+            .count();
+        let victim = if same >= MAX_PEERS_PER_ADDRESS {
+            self.newest_stranger(group)
+        } else if self.peers.len() >= cap {
+            self.most_strangers().and_then(|g| self.newest_stranger(g))
+        } else {
+            return true;
+        };
+        match victim {
+            Some(k) => self.remove(&k).is_some(),
+            None => false,
+        }
+    }
 }
 
 /// Up to `room` peers for `req`'s reply: a uniform random sample of twice
-/// that many, of which the ones listed least often so far. Random samples
+/// that many, members first (strangers fill what members leave), of which
+/// the members, then the ones listed least often so far. Random samples
 /// make the peer graph connected with high probability at any size; the
-/// "least often" half keeps early joiners from being listed to everyone
-/// (and dialed by everyone) while late joiners go unlisted. A seeder gets
-/// no seeders.
-fn well_spread(
-    swarm: &mut Swarm,
-    req: &AnnounceRequest,
-    room: usize,
-) -> Vec<(SocketAddr, [u8; 20])> {
+/// "least often" order keeps early joiners from being listed to everyone
+/// (and dialed by everyone) while late joiners go unlisted; members first
+/// keep a swarm flooded with strangers findable. A seeder gets no seeders,
+/// nobody gets their own peer id.
+fn well_spread(swarm: &mut Swarm, req: &AnnounceRequest, room: usize) -> Vec<SocketAddr> {
+    let pool = room.saturating_mul(2);
+    let eligible = |p: &&PeerRecord| p.peer_id != req.peer_id && !(req.left == 0 && p.left == 0);
+    let mut rng = rand::thread_rng();
     let mut sample: Vec<&PeerRecord> = swarm
         .peers
         .values()
-        .filter(|p| p.peer_id != req.peer_id && !(req.left == 0 && p.left == 0))
-        .choose_multiple(&mut rand::thread_rng(), room.saturating_mul(2));
+        .filter(eligible)
+        .filter(|p| p.is_member())
+        .choose_multiple(&mut rng, pool);
+    if sample.len() < pool {
+        let more = pool - sample.len();
+        sample.extend(
+            swarm
+                .peers
+                .values()
+                .filter(eligible)
+                .filter(|p| !p.is_member())
+                .choose_multiple(&mut rng, more),
+        );
+    }
     // The sample's order is random, so equal counts stay in random order.
-    sample.sort_by_key(|p| p.handed_out);
-    let chosen: Vec<(SocketAddr, [u8; 20])> = sample
+    sample.sort_by_key(|p| (!p.is_member(), p.handed_out));
+    let chosen: Vec<PeerKey> = sample
         .into_iter()
         .take(room)
-        .map(|p| (p.addr, p.peer_id))
+        .map(|p| (p.peer_id, p.addr.ip()))
         .collect();
-    for (_, id) in &chosen {
-        if let Some(p) = swarm.peers.get_mut(id) {
-            p.handed_out = p.handed_out.saturating_add(1);
-        }
-    }
     chosen
+        .iter()
+        .filter_map(|k| {
+            let p = swarm.peers.get_mut(k)?;
+            p.handed_out = p.handed_out.saturating_add(1);
+            Some(p.addr)
+        })
+        .collect()
 }
+
+/// A seeder listed without announcing: its peer id and address.
+type StaticSeed = ([u8; 20], SocketAddr);
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
@@ -146,8 +265,9 @@ pub struct Tracker {
     swarms: Mutex<HashMap<InfoHash, Swarm>>,
     /// Info-hashes allowed in whitelist mode.
     allowed: Mutex<HashSet<InfoHash>>,
-    /// Seeders we list without their announcing (the master's own engine).
-    statics: Mutex<HashMap<InfoHash, Vec<PeerInfo>>>,
+    /// Seeders we list without their announcing (the master's own engine):
+    /// peer id and address.
+    statics: Mutex<HashMap<InfoHash, Vec<StaticSeed>>>,
     pub stats: TrackerStats,
 }
 
@@ -189,11 +309,8 @@ impl Tracker {
     pub fn add_static_seed(&self, h: InfoHash, peer_id: [u8; 20], addr: SocketAddr) {
         let mut st = self.statics.lock();
         let list = st.entry(h).or_default();
-        list.retain(|p| p.addr != addr);
-        list.push(PeerInfo {
-            addr,
-            peer_id: Some(peer_id),
-        });
+        list.retain(|p| p.1 != addr);
+        list.push((peer_id, addr));
     }
 
     pub fn is_registered(&self, h: &InfoHash) -> bool {
@@ -238,17 +355,24 @@ impl Tracker {
         }
         let swarm = swarms.entry(req.info_hash).or_default();
         swarm.expire(cutoff);
-        let handed_out = swarm.peers.get(&req.peer_id).map_or(0, |p| p.handed_out);
-        swarm.remove(&req.peer_id);
+        let key = (req.peer_id, ip);
+        let known = swarm.remove(&key);
+        let was_known = known.is_some();
         if req.event == Event::Completed {
-            swarm.downloaded += 1;
+            swarm.downloaded = swarm.downloaded.saturating_add(1);
         }
-        if req.event != Event::Stopped && swarm.peers.len() < self.config.max_peers_per_torrent {
+        if req.event != Event::Stopped
+            && (was_known || swarm.make_room(ip, self.config.max_peers_per_torrent))
+        {
             if req.left == 0 {
                 swarm.seeders += 1;
             }
+            let (first_seen, announces, completed, handed_out) = known
+                .map_or((now, 0, false, 0), |p| {
+                    (p.first_seen, p.announces, p.completed, p.handed_out)
+                });
             swarm.peers.insert(
-                req.peer_id,
+                key,
                 PeerRecord {
                     peer_id: req.peer_id,
                     addr: SocketAddr::new(ip, req.port),
@@ -256,6 +380,9 @@ impl Tracker {
                     downloaded: req.downloaded,
                     left: req.left,
                     last_seen: now,
+                    first_seen,
+                    announces: announces.saturating_add(1),
+                    completed: completed || (was_known && req.event == Event::Completed),
                     handed_out,
                 },
             );
@@ -279,18 +406,23 @@ impl Tracker {
             } else {
                 statics
                     .iter()
-                    .filter(|p| p.peer_id != Some(req.peer_id))
+                    .filter(|(id, _)| *id != req.peer_id)
                     .take(want)
-                    .cloned()
+                    .map(|(_, addr)| PeerInfo {
+                        addr: *addr,
+                        peer_id: None,
+                    })
                     .collect()
             };
+            // Peer ids are never handed out: knowing one is all it took to
+            // impersonate a replica to a tracker keyed by id alone.
             let room = want - peers.len();
             peers.extend(
                 well_spread(swarm, req, room)
                     .into_iter()
-                    .map(|(addr, peer_id)| PeerInfo {
+                    .map(|addr| PeerInfo {
                         addr,
-                        peer_id: Some(peer_id),
+                        peer_id: None,
                     }),
             );
             peers
@@ -507,6 +639,151 @@ mod tests {
             max <= 2.0 * mean,
             "listed at most {max} times against a mean of {mean:.1}"
         );
+    }
+
+    const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
+    #[test]
+    fn an_id_from_another_address_is_another_entry_and_replies_carry_no_ids() {
+        let t = Tracker::new(TrackerConfig {
+            whitelist_only: false,
+            ..Default::default()
+        });
+        t.announce(&req(1, 0, Event::Started), LOCAL).unwrap();
+        let mut hijack = req(1, 0, Event::Started);
+        hijack.port = 9999;
+        t.announce(&hijack, OTHER).unwrap();
+        hijack.event = Event::Stopped;
+        t.announce(&hijack, OTHER).unwrap();
+        let r = t.announce(&req(2, 100, Event::Started), LOCAL).unwrap();
+        assert_eq!(
+            r.peers.iter().map(|p| p.addr.port()).collect::<Vec<_>>(),
+            vec![6001],
+            "the replica's entry neither moved nor went"
+        );
+        assert!(r.peers.iter().all(|p| p.peer_id.is_none()));
+        // The same id and address again updates the entry (a new port).
+        let mut moved = req(1, 0, Event::None);
+        moved.port = 7001;
+        t.announce(&moved, LOCAL).unwrap();
+        let ports: Vec<u16> = t
+            .peers(&InfoHash([9; 20]))
+            .iter()
+            .map(|p| p.addr.port())
+            .collect();
+        assert!(ports.contains(&7001) && !ports.contains(&6001), "{ports:?}");
+    }
+
+    fn numbered(i: u32, left: u64) -> AnnounceRequest {
+        let mut r = req(0, left, Event::Started);
+        r.peer_id[..4].copy_from_slice(&i.to_be_bytes());
+        r.port = 1024 + (i % 60_000) as u16;
+        r
+    }
+
+    #[test]
+    fn one_address_holds_at_most_its_share_and_its_newest_stranger_makes_way() {
+        let t = Tracker::new(TrackerConfig {
+            whitelist_only: false,
+            ..Default::default()
+        });
+        for i in 0..1000 {
+            t.announce(&numbered(i, 100), OTHER).unwrap();
+        }
+        let held = t.peers(&InfoHash([9; 20]));
+        assert_eq!(held.len(), MAX_PEERS_PER_ADDRESS);
+        assert!(
+            held.iter().any(|p| p.addr.port() == 1024 + 999),
+            "the newest announce is listed: its predecessor made way"
+        );
+        // Another address is not affected.
+        let r = t.announce(&req(1, 100, Event::Started), LOCAL).unwrap();
+        assert!(!r.peers.is_empty());
+        assert_eq!(t.peers(&InfoHash([9; 20])).len(), MAX_PEERS_PER_ADDRESS + 1);
+        // IPv6: one /64 is one address.
+        let v6 = |i: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i));
+        for i in 0..200u32 {
+            t.announce(&numbered(10_000 + i, 100), v6(i as u16))
+                .unwrap();
+        }
+        assert_eq!(
+            t.peers(&InfoHash([9; 20])).len(),
+            2 * MAX_PEERS_PER_ADDRESS + 1
+        );
+    }
+
+    #[test]
+    fn a_full_torrent_drops_its_newest_strangers_never_its_members() {
+        let t = Tracker::new(TrackerConfig {
+            whitelist_only: false,
+            max_peers_per_torrent: 100,
+            ..Default::default()
+        });
+        let h = InfoHash([9; 20]);
+        // Two members: three announces each.
+        for event in [Event::Started, Event::None, Event::None] {
+            t.announce(&req(1, 0, event), LOCAL).unwrap();
+            t.announce(&req(2, 100, event), LOCAL).unwrap();
+        }
+        assert!(t.peers(&h).iter().all(PeerRecord::is_member));
+        // 1,000 strangers from 50 addresses.
+        for i in 0..1000u32 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 0, (i % 50) as u8));
+            t.announce(&numbered(100 + i, 100), ip).unwrap();
+        }
+        let held = t.peers(&h);
+        assert_eq!(held.len(), 100);
+        assert_eq!(
+            held.iter().filter(|p| p.is_member()).count(),
+            2,
+            "members stay"
+        );
+        // A newcomer gets in, and is told of the members first.
+        let mut newcomer = req(3, 100, Event::Started);
+        newcomer.numwant = Some(5);
+        let r = t
+            .announce(&newcomer, IpAddr::V4(std::net::Ipv4Addr::new(10, 9, 9, 9)))
+            .unwrap();
+        let ports: Vec<u16> = r.peers.iter().map(|p| p.addr.port()).collect();
+        assert!(ports.contains(&6001) && ports.contains(&6002), "{ports:?}");
+        assert!(t.peers(&h).iter().any(|p| p.addr.port() == 6003));
+        assert_eq!(t.peers(&h).len(), 100);
+        // Only members: a newcomer is answered but not listed.
+        let t = Tracker::new(TrackerConfig {
+            whitelist_only: false,
+            max_peers_per_torrent: 2,
+            ..Default::default()
+        });
+        for event in [Event::Started, Event::None, Event::None] {
+            t.announce(&req(1, 0, event), LOCAL).unwrap();
+            t.announce(&req(2, 100, event), LOCAL).unwrap();
+        }
+        let r = t.announce(&req(3, 100, Event::Started), OTHER).unwrap();
+        assert_eq!(r.peers.len(), 2, "told of both members");
+        assert_eq!(t.peers(&h).len(), 2);
+        assert!(t.peers(&h).iter().all(|p| p.addr.port() != 6003));
+    }
+
+    #[test]
+    fn completed_after_a_first_announce_makes_a_member() {
+        let t = Tracker::new(TrackerConfig {
+            whitelist_only: false,
+            ..Default::default()
+        });
+        let h = InfoHash([9; 20]);
+        t.announce(&req(1, 0, Event::Completed), LOCAL).unwrap();
+        assert!(
+            !t.peers(&h)[0].is_member(),
+            "completed on a first announce proves nothing"
+        );
+        t.announce(&req(2, 100, Event::Started), LOCAL).unwrap();
+        t.announce(&req(2, 0, Event::Completed), LOCAL).unwrap();
+        let two = t
+            .peers(&h)
+            .into_iter()
+            .find(|p| p.addr.port() == 6002)
+            .unwrap();
+        assert!(two.is_member());
     }
 
     #[test]
