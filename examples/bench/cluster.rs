@@ -181,6 +181,45 @@ impl Drop for FdWatch {
     }
 }
 
+fn scrape_count(url: &str) -> Result<usize> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let body = rt.block_on(async { reqwest::get(url).await?.bytes().await })?;
+    // One `complete` key per torrent in the reply's `files` dictionary.
+    Ok(body.windows(10).filter(|w| w == b"8:complete").count())
+}
+
+/// How many of `hashes` (hex) the master's tracker has registered: a
+/// scrape naming them answers only for registered ones (whitelist mode).
+pub(crate) fn registered(master: &Node, hashes: &[String]) -> Result<usize> {
+    use indexswarm::tracker::protocol::url_bytes;
+    let mut n = 0;
+    for chunk in hashes.chunks(200) {
+        let q: Vec<String> = chunk
+            .iter()
+            .filter_map(|h| hex::decode(h).ok())
+            .map(|h| format!("info_hash={}", url_bytes(&h)))
+            .collect();
+        n += scrape_count(&format!("{}/scrape?{}", master.base, q.join("&")))?;
+    }
+    Ok(n)
+}
+
+/// Swarms the master's tracker holds (a scrape naming none lists them all).
+pub(crate) fn swarms(master: &Node) -> Result<usize> {
+    scrape_count(&format!("{}/scrape", master.base))
+}
+
+/// Regular files under `dir`, recursively.
+pub(crate) fn count_files(dir: &Path) -> usize {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .count()
+}
+
 /// `cp -al src dst`: what Solr's snapshots and `cp -al` do, hard links.
 pub(crate) fn cp_al(src: &Path, dst: &Path) -> Result<()> {
     let st = Command::new("cp").arg("-al").arg(src).arg(dst).status()?;

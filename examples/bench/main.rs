@@ -31,6 +31,7 @@ mod replicate;
 mod swarm;
 mod tracker;
 mod transfer;
+mod versions;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -125,6 +126,26 @@ pub(crate) enum Cmd {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
+    /// Many versions in a row with a small retention, one replica following: what must stay flat.
+    Versions {
+        #[arg(long, default_value_t = 200)]
+        versions: u64,
+        /// The master's keep_versions.
+        #[arg(long, default_value_t = 3)]
+        keep: usize,
+        /// Size of the first snapshot.
+        #[arg(long, default_value = "64M")]
+        size: ByteSize,
+        /// Size of the segment each version adds.
+        #[arg(long, default_value = "256K")]
+        segment: ByteSize,
+        /// Versions at which to record the figures, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,50,100,150,200")]
+        at: Vec<u64>,
+        /// Leave old snapshot directories in place (no delete_old_snapshots).
+        #[arg(long)]
+        keep_snapshots: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -158,5 +179,21 @@ fn main() -> Result<()> {
             replicas,
             repeat,
         } => files::bench_files(&cli, counts, *replicas, *repeat),
+        Cmd::Versions {
+            versions,
+            keep,
+            size,
+            segment,
+            at,
+            keep_snapshots,
+        } => versions::bench_versions(
+            &cli,
+            *versions,
+            *keep,
+            size.0,
+            segment.0,
+            at,
+            *keep_snapshots,
+        ),
     }
 }
