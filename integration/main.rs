@@ -6,6 +6,7 @@
 mod architecture;
 mod bounds;
 mod common;
+mod dashboard;
 mod deploy;
 mod events;
 mod hardening;
