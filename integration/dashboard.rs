@@ -777,3 +777,189 @@ fn grafana_board_and_alert_rules_name_only_exported_metrics() {
         named.len()
     );
 }
+
+// ---------------------------------------------------------------- 4. five indexes, 200 replicas
+
+/// A master of `names` (fleet rollouts), nothing published.
+fn multi_master(root: &Path, names: &[&str]) -> (Proc, String) {
+    let (http_port, peer_port) = crate::replica::two_ports();
+    let mut c = cmd();
+    c.arg("master");
+    for name in names {
+        let dir = root.join("snaps").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        c.arg("--index").arg(format!("{name}={}", dir.display()));
+    }
+    c.args(["--http-listen", &format!("127.0.0.1:{http_port}")]);
+    c.args(["--peer-listen", &format!("127.0.0.1:{peer_port}")]);
+    c.args(["--rollout", "fleet", "--api-token", TOKEN]);
+    let proc = Proc::spawn("master", c, &root.join("logs"));
+    let url = format!("http://127.0.0.1:{http_port}");
+    wait_until(START, "the master's /healthz", || {
+        request("GET", &format!("{url}/healthz"), None, None).status == 200
+    });
+    (proc, url)
+}
+
+/// What replica `i` of a made-up fleet reports: every fifth in error, every
+/// seventh unhealthy, the rest idle, downloading or staged.
+fn made_up_report(index: &str, i: usize, interval_secs: u64) -> Value {
+    let state = match i % 5 {
+        0 => "error",
+        1 | 2 => "idle",
+        3 => "downloading",
+        _ => "staged",
+    };
+    json!({
+        "id": format!("f{i:03}"),
+        "zone": format!("zone-{}", i % 3),
+        "index": index,
+        "state": state,
+        "live_version": 1,
+        "staged_version": if state == "staged" { Some(2) } else { None },
+        "progress": if state == "downloading" { 0.25 } else { 1.0 },
+        "bytes_total": 1u64 << 30,
+        "download_rate": if state == "downloading" { 3u64 << 20 } else { 0 },
+        "upload_rate": (i as u64) << 10,
+        "bytes_uploaded": (i as u64) << 20,
+        "peers": i % 9,
+        "last_error": if state == "error" { Some(format!("stalled: piece {i} has no peer")) } else { None },
+        "free_disk": (i as u64 + 1) << 30,
+        "healthy": i % 7 != 6,
+        "interval_secs": interval_secs,
+    })
+}
+
+fn report(url: &str, body: &Value) {
+    let r = request(
+        "POST",
+        &format!("{url}/replicas/report"),
+        Some(&body.to_string()),
+        None,
+    );
+    assert!(
+        r.status / 100 == 2,
+        "report refused: {} {}",
+        r.status,
+        r.text()
+    );
+}
+
+#[test]
+fn five_indexes_and_two_hundred_replicas_stay_sortable_filterable_and_flagged() {
+    let d = test_dir("dashboard-scale");
+    let names = ["i0", "i1", "i2", "i3", "i4"];
+    let (_master, url) = multi_master(d.path(), &names);
+    // 200 replicas on i0 (f000 reports once, with a 1 s interval: stale
+    // after three), 10 on each other index.
+    for i in 0..200 {
+        report(&url, &made_up_report("i0", i, if i == 0 { 1 } else { 600 }));
+    }
+    for name in &names[1..] {
+        for i in 0..10 {
+            report(&url, &made_up_report(name, i, 600));
+        }
+    }
+
+    let mut b = Browser::start(d.path());
+    b.get(&format!("{url}/"));
+    b.wait(SHOWN, "the connection live", CONNECTION_JS, |v| v == "live");
+    let counts = "return [...document.querySelectorAll('section[data-index]')].map(s => [s.dataset.index, s.querySelectorAll('tr[data-replica]').length])";
+    b.wait(SHOWN, "five sections, 200 + 4 × 10 rows", counts, |v| {
+        *v == json!([["i0", 200], ["i1", 10], ["i2", 10], ["i3", 10], ["i4", 10]])
+    });
+    let nav =
+        b.eval("return [...document.querySelectorAll('#nav a[data-nav]')].map(a => a.dataset.nav)");
+    assert_eq!(nav, json!(names), "one link per index");
+
+    // Flags: a class and a badge on stale, erroring and unhealthy rows only.
+    const I0: &str = "section[data-index=\"i0\"]";
+    let flags = format!(
+        "return Object.fromEntries([...document.querySelectorAll('{I0} tr[data-replica]')].map(tr => \
+         [tr.dataset.replica, [[...tr.classList].filter(c => c.startsWith('flag-')).sort().join(' '), \
+         [...tr.querySelectorAll('[data-flag]')].map(b => b.dataset.flag).sort().join(' ')]]))"
+    );
+    let shown = b.wait(SHOWN, "f000 flagged stale", &flags, |v| {
+        v["f000"][0]
+            .as_str()
+            .is_some_and(|c| c.contains("flag-stale"))
+    });
+    for i in 1..200 {
+        let mut want: Vec<&str> = Vec::new();
+        if i % 5 == 0 {
+            want.push("error");
+        }
+        if i % 7 == 6 {
+            want.push("unhealthy");
+        }
+        let classes: Vec<String> = want.iter().map(|f| format!("flag-{f}")).collect();
+        let id = format!("f{i:03}");
+        assert_eq!(
+            shown[&id],
+            json!([classes.join(" "), want.join(" ")]),
+            "the flags of {id}"
+        );
+    }
+
+    // Sorting: a click on a header sorts by it; a second click reverses.
+    let ids = format!(
+        "return [...document.querySelectorAll('{I0} tr[data-replica]')].filter(tr => !tr.hidden).map(tr => tr.dataset.replica)"
+    );
+    let first = |v: &Value| v[0].as_str().unwrap_or("").to_string();
+    assert_eq!(first(&b.eval(&ids)), "f000", "sorted by id at first");
+    b.click(&format!("{I0} th[data-sort=\"id\"]"));
+    let v = b.eval(&ids);
+    assert_eq!(
+        (first(&v), v.as_array().unwrap().len()),
+        ("f199".into(), 200)
+    );
+    b.click(&format!("{I0} th[data-sort=\"free_disk\"]"));
+    let v = b.eval(&ids);
+    assert_eq!(first(&v), "f000", "least free disk first");
+    b.click(&format!("{I0} th[data-sort=\"free_disk\"]"));
+    assert_eq!(first(&b.eval(&ids)), "f199", "most free disk first");
+    // A sort of 200 rows, timed in the page: it must stay interactive.
+    let ms = b.eval(&format!(
+        "const t = performance.now(); document.querySelector('{I0} th[data-sort=\"upload_rate\"]').click(); return performance.now() - t"
+    ));
+    assert!(
+        ms.as_f64().unwrap() < 250.0,
+        "sorting 200 rows took {ms} ms"
+    );
+
+    // Filtering by state (a chip), then by id.
+    b.click(&format!("{I0} button[data-state-filter=\"error\"]"));
+    let v = b.eval(&ids);
+    let errors: BTreeSet<String> = (0..200)
+        .step_by(5)
+        .skip(1)
+        .map(|i| format!("f{i:03}"))
+        .collect();
+    let got: BTreeSet<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, errors, "the error filter (f000 is stale, not error)");
+    assert_eq!(
+        b.eval(&format!(
+            "return document.querySelector('{I0} select[data-filter=\"state\"]').value"
+        )),
+        json!("error")
+    );
+    b.click(&format!("{I0} button[data-state-filter=\"error\"]"));
+    b.type_into(&format!("{I0} input[data-filter=\"text\"]"), "f01");
+    let v = b.eval(&ids);
+    assert_eq!(v.as_array().unwrap().len(), 10, "f010..f019: {v}");
+    let count = b.eval(&format!(
+        "return document.querySelector('{I0} [data-field=\"replica_count\"]').textContent"
+    ));
+    assert_eq!(count, json!("10 of 200 shown"));
+    // The other sections kept their own state.
+    let v = b.eval(
+        "return document.querySelectorAll('section[data-index=\"i1\"] tr[data-replica]').length",
+    );
+    assert_eq!(v, json!(10));
+    b.screenshot(&d.path().join("scale.png"));
+}
