@@ -20,6 +20,7 @@
 
 use std::path::PathBuf;
 
+mod big;
 mod cluster;
 mod common;
 mod create;
@@ -146,6 +147,18 @@ pub(crate) enum Cmd {
         #[arg(long)]
         keep_snapshots: bool,
     },
+    /// A big index of thousands of files to N replicas on loopback, against loopback throughput; RSS and fds.
+    Big {
+        #[arg(long, default_value = "20G")]
+        size: ByteSize,
+        #[arg(long, default_value_t = 5000)]
+        files: usize,
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// Compressible-but-unique bytes (for a compressing filesystem that must hold every copy).
+        #[arg(long)]
+        compressible: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -195,5 +208,11 @@ fn main() -> Result<()> {
             at,
             *keep_snapshots,
         ),
+        Cmd::Big {
+            size,
+            files,
+            replicas,
+            compressible,
+        } => big::bench_big(&cli, size.0, *files, *replicas, *compressible),
     }
 }
