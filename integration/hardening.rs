@@ -6,14 +6,18 @@
 //! master's origin, huge bodies from the master, symlinks swapped into a
 //! published snapshot, and republishing a retired snapshot.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use indexswarm::metainfo::InfoHash;
 use indexswarm::tracker::protocol::url_bytes;
 use indexswarm::tracker::{announce, AnnounceRequest, AnnounceResponse, Event};
 
 use crate::common::*;
+use crate::replica::{spawn_replica, Replica};
 
 // ---------------------------------------------------------------- tracker
 
@@ -267,4 +271,330 @@ fn announce_floods_do_not_keep_replicas_from_finding_each_other() {
             listed(&seen)
         );
     });
+}
+
+// ---------------------------------------------------------------- a stand-in master
+
+/// What the stand-in answers to one request.
+enum Answer {
+    /// A status and a JSON body.
+    Json(u16, String),
+    /// The answer after this long (a long poll the master holds).
+    Later(Duration, Box<Answer>),
+}
+
+/// One request the stand-in received.
+#[derive(Clone, Debug)]
+struct Hit {
+    at: Instant,
+    method: String,
+    /// Path and query.
+    target: String,
+}
+
+type Handler = Arc<dyn Fn(&Hit) -> Answer + Send + Sync>;
+
+/// A plain HTTP/1.1 server on loopback that records every request and
+/// answers as `handler` says, one thread per connection (`Connection:
+/// close`). It stands in for a master (or anything else) whose answers a
+/// test must control: bodies that never end, redirects, foreign URLs.
+struct StandIn {
+    url: String,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl StandIn {
+    fn start(handler: Handler) -> StandIn {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, st) = (hits.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(s) = s else { continue };
+                let (h, st, handler) = (h.clone(), st.clone(), handler.clone());
+                std::thread::spawn(move || serve_one(s, &h, &st, &*handler));
+            }
+        });
+        StandIn { url, hits, stop }
+    }
+
+    /// Requests whose target starts with `prefix`.
+    fn hits_of(&self, prefix: &str) -> Vec<Hit> {
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.target.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    fn targets(&self) -> Vec<String> {
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|h| format!("{} {}", h.method, h.target))
+            .collect()
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so that it sees `stop`.
+        let _ = TcpStream::connect(self.url.trim_start_matches("http://"));
+    }
+}
+
+fn serve_one(
+    mut s: TcpStream,
+    hits: &Mutex<Vec<Hit>>,
+    stop: &AtomicBool,
+    handler: &dyn Fn(&Hit) -> Answer,
+) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut first = text.lines().next().unwrap_or_default().split(' ');
+    let hit = Hit {
+        at: Instant::now(),
+        method: first.next().unwrap_or_default().to_string(),
+        target: first.next().unwrap_or_default().to_string(),
+    };
+    // A request body (a report) is read and dropped.
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(head.len(), |p| p + 4);
+    let want: usize = text
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut have = head.len() - end;
+    while have < want {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => have += n,
+        }
+    }
+    hits.lock().unwrap().push(hit.clone());
+    let mut answer = handler(&hit);
+    while let Answer::Later(after, then) = answer {
+        let until = Instant::now() + after;
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        answer = *then;
+    }
+    let reply = |s: &mut TcpStream, status: u16, extra: &str, ctype: &str, body: &[u8]| {
+        let _ = write!(
+            s,
+            "HTTP/1.1 {status} X\r\n{extra}Content-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = s.write_all(body);
+    };
+    match answer {
+        Answer::Json(status, body) => {
+            reply(&mut s, status, "", "application/json", body.as_bytes())
+        }
+        Answer::Later(..) => unreachable!(),
+    }
+}
+
+/// A rollout view naming nothing to do: the replica long-polls it.
+fn idle_view(generation: u64) -> String {
+    format!(
+        r#"{{"index":"default","policy":"independent","generation":{generation},"paused":false,"pinned":false,"ready":[],"active":[],"laggards":[]}}"#
+    )
+}
+
+fn not_found() -> Answer {
+    Answer::Json(404, r#"{"error":"not found"}"#.into())
+}
+
+/// The query parameter `key` of a request target.
+fn query_param<'a>(target: &'a str, key: &str) -> Option<&'a str> {
+    target
+        .split_once('?')?
+        .1
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Starts a replica following `master` (no regular polls within a test:
+/// the interval is a minute).
+fn replica_of(master: &str, root: &std::path::Path, name: &str) -> Replica {
+    let r = spawn_replica(
+        master,
+        &root.join("logs"),
+        &root.join(name),
+        name,
+        &["--poll-interval-secs", "60"],
+        &[],
+    );
+    wait_until(Duration::from_secs(30), "the replica's /healthz", || {
+        request("GET", &format!("{}/healthz", r.url), None, None).status == 200
+    });
+    r
+}
+
+// ---------------------------------------------------------------- POST /poll floods
+
+/// `POST /poll` from a few threads as fast as the replica answers, for `secs`.
+fn flood_polls(replica: &str, secs: u64) -> (Instant, Instant, u64) {
+    let start = Instant::now();
+    let until = start + Duration::from_secs(secs);
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, sent) = (format!("{replica}/poll"), sent.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let c = reqwest::Client::new();
+                    while Instant::now() < until {
+                        if c.post(&url).send().await.is_ok() {
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    (start, Instant::now(), sent.load(Ordering::Relaxed))
+}
+
+fn hits_between(hits: &[Hit], from: Instant, to: Instant) -> usize {
+    hits.iter().filter(|h| h.at >= from && h.at <= to).count()
+}
+
+/// 41,160 `POST /poll` in 10 s caused 21,984 requests to the master. Polls
+/// asked for over HTTP are coalesced: one at a time, at most one a second
+/// (`POLL_GAP`). Against a master with rollouts (the long poll is cut for
+/// a prompt answer, then resumed) and against one without.
+#[test]
+fn a_flood_of_post_poll_is_coalesced_into_at_most_one_poll_a_second() {
+    let d = test_dir("poll-flood");
+    // 0: a master with rollouts (long polls held 30 s); 1: an older master.
+    let mode = Arc::new(AtomicU8::new(0));
+    let m = mode.clone();
+    let master = StandIn::start(Arc::new(move |h: &Hit| {
+        let rollouts = m.load(Ordering::SeqCst) == 0;
+        if h.target.starts_with("/rollout") && rollouts {
+            return match query_param(&h.target, "wait") {
+                Some(_) => Answer::Later(
+                    Duration::from_secs(30),
+                    Box::new(Answer::Json(200, idle_view(1))),
+                ),
+                None => Answer::Json(200, idle_view(1)),
+            };
+        }
+        not_found()
+    }));
+    let r = replica_of(&master.url, d.path(), "replica");
+    let long_polls = || {
+        master
+            .hits_of("/rollout")
+            .iter()
+            .filter(|h| query_param(&h.target, "wait").is_some())
+            .count()
+    };
+    let short_polls = |hits: &[Hit]| {
+        hits.iter()
+            .filter(|h| query_param(&h.target, "wait").is_none())
+            .count()
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the replica's first long poll",
+        || long_polls() >= 1,
+    );
+
+    // One POST /poll cuts the long poll short at once.
+    let before = short_polls(&master.hits_of("/rollout"));
+    let asked = Instant::now();
+    assert_eq!(
+        request("POST", &format!("{}/poll", r.url), None, None).status,
+        202
+    );
+    wait_until(Duration::from_secs(5), "a poll after POST /poll", || {
+        short_polls(&master.hits_of("/rollout")) > before
+    });
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "POST /poll took {took:?} to reach the master"
+    );
+
+    let secs = 4;
+    let (from, to, sent) = flood_polls(&r.url, secs);
+    let hits = master.hits_of("/rollout");
+    let during: Vec<Hit> = hits
+        .iter()
+        .filter(|h| h.at >= from && h.at <= to)
+        .cloned()
+        .collect();
+    let bound = 2 * (secs as usize + 2);
+    eprintln!(
+        "{sent} POST /poll in {secs} s: {} requests to the master",
+        during.len()
+    );
+    assert!(sent > 100, "the flood was a flood: {sent} requests");
+    assert!(
+        during.len() <= bound,
+        "{sent} POST /poll in {secs} s made {} requests to the master (at most {bound}: \
+         a poll a second, each a short poll and a new long poll)",
+        during.len()
+    );
+    assert!(
+        short_polls(&during) >= 2,
+        "polls asked for during the flood still happen, once a second: {:?}",
+        master.targets()
+    );
+
+    // An older master: each poll is GET /rollout (404) + GET /versions/latest.
+    mode.store(1, Ordering::SeqCst);
+    assert_eq!(
+        request("POST", &format!("{}/poll", r.url), None, None).status,
+        202
+    );
+    wait_until(Duration::from_secs(5), "a poll of /versions/latest", || {
+        !master.hits_of("/versions/latest").is_empty()
+    });
+    let (from, to, sent) = flood_polls(&r.url, secs);
+    let polls = hits_between(&master.hits_of("/versions/latest"), from, to);
+    let all = hits_between(&master.hits_of("/"), from, to);
+    eprintln!("{sent} POST /poll in {secs} s: {polls} polls, {all} requests to an older master");
+    assert!(
+        polls <= secs as usize + 2,
+        "{sent} POST /poll in {secs} s polled an older master {polls} times (at most {})",
+        secs + 2
+    );
+    assert!(all <= 2 * (secs as usize + 2) + 1, "{all} requests in all");
+    drop(r);
 }

@@ -41,7 +41,8 @@ pub(super) struct Staged {
 impl Replica {
     /// `GET /rollout` for this replica: at once, or (long poll) once the
     /// master's generation moves past the one last seen, at most `wait`.
-    /// `None` from a master without rollouts. A `POST /poll` cuts the wait.
+    /// `None` from a master without rollouts. A `POST /poll` cuts the wait
+    /// (at most once per `poll::POLL_GAP`).
     pub(super) async fn fetch_view(
         &self,
         wait: Duration,
@@ -57,14 +58,24 @@ impl Replica {
         };
         let patience = wait + Duration::from_secs(20);
         let first = url(wait);
-        let view = tokio::select! {
-            v = self.get_json_within::<RolloutView>(&first, patience) => v?,
-            _ = self.poll_now.notified() => {
-                self.get_json_within::<RolloutView>(&url(Duration::ZERO), patience).await?
+        // The cut long poll is dropped (its connection closed) before the
+        // short one goes out: one request in flight at a time.
+        let answered = tokio::select! {
+            v = self.get_json_within::<RolloutView>(&first, patience) => Some(v?),
+            _ = self.asked_to_poll() => None,
+        };
+        let view = match answered {
+            Some(view) => view,
+            None => {
+                self.get_json_within::<RolloutView>(&url(Duration::ZERO), patience)
+                    .await?
             }
         };
+        // A master without rollouts (say, downgraded) has no generation:
+        // the loop then polls every interval instead of long-polling a
+        // route that answers 404 at once, over and over.
+        *self.generation.lock() = view.as_ref().map(|v| v.generation);
         if let Some(v) = &view {
-            *self.generation.lock() = Some(v.generation);
             self.status.lock().active_version = v.active_version;
         }
         *self.view.lock() = view.clone();

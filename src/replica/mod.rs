@@ -33,6 +33,7 @@ mod follow;
 pub mod layout;
 pub mod manifest;
 pub mod plan;
+mod poll;
 mod recover;
 mod report;
 mod retention;
@@ -113,7 +114,10 @@ pub struct Replica {
     /// at startup (a live version that did not verify): kept in `/status`
     /// `last_error` until the next swap, not wiped by the next poll.
     swap_warning: Mutex<Option<String>>,
+    /// `POST /poll` (and `resume`): one permit, however many asked.
     poll_now: Notify,
+    /// Keeps asked-for polls `poll::POLL_GAP` apart.
+    poll_gate: poll::PollGate,
     /// Pieces that failed verification in downloads that have ended.
     hash_failures_before: std::sync::atomic::AtomicU64,
     /// Payload uploaded by this index's sessions that have since stopped.
@@ -191,6 +195,7 @@ impl Replica {
             seeding: Mutex::new(Vec::new()),
             swap_warning: Mutex::new(None),
             poll_now: Notify::new(),
+            poll_gate: poll::PollGate::default(),
             uploaded_before: Default::default(),
             hash_failures_before: Default::default(),
             downloading: Mutex::new(None),
@@ -249,9 +254,23 @@ impl Replica {
         }
     }
 
-    /// Asks the loop to poll the master now.
+    /// Asks the loop to poll the master now: at once, or once
+    /// `poll::POLL_GAP` has passed since the last poll asked for; asking
+    /// again meanwhile adds nothing.
     pub fn poll_now(&self) {
         self.poll_now.notify_one();
+    }
+
+    /// Resolves when a poll was asked for and may go out: the gap since
+    /// the last one has passed. A caller that drops it while it waits for
+    /// the gap loses nothing (the request is taken only when it resolves).
+    async fn asked_to_poll(&self) {
+        let gap = self.poll_gate.wait(Instant::now());
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        self.poll_now.notified().await;
+        self.poll_gate.mark(Instant::now());
     }
 
     pub fn live_version(&self) -> Option<u64> {
@@ -283,8 +302,7 @@ impl Replica {
                 }
                 continue;
             }
-            let long_poll =
-                self.cfg.long_poll && self.generation.lock().is_some() && failures == 0;
+            let long_poll = self.cfg.long_poll && self.generation.lock().is_some() && failures == 0;
             let wait = if immediate || long_poll {
                 Duration::ZERO
             } else {
@@ -303,7 +321,7 @@ impl Replica {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.poll_now.notified() => {}
+                _ = self.asked_to_poll() => {}
                 _ = self.resumed.notified() => {}
             }
             self.retire_old_seeds().await;
