@@ -234,7 +234,7 @@ fn rows_js(index: &str) -> String {
         r#"const out = {{}};
 for (const tr of document.querySelectorAll('section[data-index="{index}"] tr[data-replica]')) {{
   const f = (k) => tr.querySelector('[data-field="' + k + '"]');
-  out[tr.dataset.replica] = {{live: f('live_version').dataset.value, staged: f('staged_version').dataset.value,
+  out[tr.dataset.replica] = {{live: f('live_version').dataset.value, live_text: f('live_version').textContent, staged: f('staged_version').dataset.value,
     state: f('state').dataset.value, text: tr.textContent, flagged: tr.classList.contains('flagged')}};
 }}
 return out;"#
@@ -253,11 +253,13 @@ return out;"#
 
 const CONNECTION_JS: &str = "return document.getElementById('connection').dataset.state";
 
-/// Every replica of `ids` shown live on `v` (and its id visible in its row).
+/// Every replica of `ids` shown live on `v`: the cell reads `v<n>`, its
+/// raw value is n, and the row shows the replica's id.
 fn all_live_on(rows: &Value, ids: &[&str], v: u64) -> bool {
     ids.iter().all(|id| {
         let r = &rows[*id];
         r["live"].as_str().and_then(|s| s.parse().ok()) == Some(v)
+            && r["live_text"] == format!("v{v}").as_str()
             && r["text"].as_str().is_some_and(|t| t.contains(id))
     })
 }
