@@ -279,6 +279,10 @@ fn announce_floods_do_not_keep_replicas_from_finding_each_other() {
 enum Answer {
     /// A status and a JSON body.
     Json(u16, String),
+    /// A torrent file.
+    Torrent(Vec<u8>),
+    /// `302 Found` to this URL.
+    Redirect(String),
     /// The answer after this long (a long poll the master holds).
     Later(Duration, Box<Answer>),
 }
@@ -416,6 +420,14 @@ fn serve_one(
         Answer::Json(status, body) => {
             reply(&mut s, status, "", "application/json", body.as_bytes())
         }
+        Answer::Torrent(bytes) => reply(&mut s, 200, "", "application/x-bittorrent", &bytes),
+        Answer::Redirect(to) => reply(
+            &mut s,
+            302,
+            &format!("Location: {to}\r\n"),
+            "text/plain",
+            b"",
+        ),
         Answer::Later(..) => unreachable!(),
     }
 }
@@ -597,4 +609,143 @@ fn a_flood_of_post_poll_is_coalesced_into_at_most_one_poll_a_second() {
     );
     assert!(all <= 2 * (secs as usize + 2) + 1, "{all} requests in all");
     drop(r);
+}
+
+// ---------------------------------------------------------------- torrent_url and redirects
+
+/// A version object as the master lists it.
+fn version_json(n: u64, info_hash: &str, torrent_url: &str) -> String {
+    serde_json::json!({
+        "version": n,
+        "name": format!("snap.{n}"),
+        "info_hash": info_hash,
+        "torrent_url": torrent_url,
+        "epoch": "e0e0e0e0",
+    })
+    .to_string()
+}
+
+/// A small torrent: its bytes and info-hash.
+fn small_torrent(dir: &std::path::Path) -> (Vec<u8>, String) {
+    write_tree(&dir.join("snap"), &[("a", 40_000), ("b", 3)], 7);
+    let t = dir.join("snap.torrent");
+    let mut c = cmd();
+    c.arg("create").arg(dir.join("snap")).arg("-o").arg(&t);
+    let hash = stdout_last_line(&run_ok(c));
+    (std::fs::read(&t).unwrap(), hash)
+}
+
+/// Waits until the replica's last cycle failed with an error; returns it.
+fn wait_failed(r: &Replica) -> String {
+    let mut error = String::new();
+    r.wait_status(Duration::from_secs(30), "a failed cycle", |s| {
+        error = s["last_error"].as_str().unwrap_or_default().to_string();
+        s["times_failed"].as_u64() >= Some(1) && !error.is_empty()
+    });
+    error
+}
+
+/// A master that names a `torrent_url` on another host made the replica
+/// fetch it: a server elsewhere saw `GET /internal/admin?secret=1`. Only
+/// the master's origin (scheme, host and port of `master_url`) is fetched.
+#[test]
+fn a_torrent_url_off_the_masters_origin_is_never_fetched() {
+    let d = test_dir("foreign-torrent-url");
+    let elsewhere = StandIn::start(Arc::new(|_: &Hit| Answer::Json(200, "{}".into())));
+    let target = format!("{}/internal/admin?secret=1", elsewhere.url);
+    let hash = "ab".repeat(20);
+    let master = StandIn::start(Arc::new(move |h: &Hit| {
+        if h.target == "/versions/latest" {
+            Answer::Json(200, version_json(1, &hash, &target))
+        } else {
+            not_found()
+        }
+    }));
+    let r = replica_of(&master.url, d.path(), "replica");
+    let error = wait_failed(&r);
+    eprintln!("last_error: {error}");
+    assert!(
+        elsewhere.targets().is_empty(),
+        "the replica fetched a torrent_url on another host: {:?}",
+        elsewhere.targets()
+    );
+    assert!(
+        error.contains("not on the master's origin") && error.contains(&master.url),
+        "/status last_error does not say why: {error}"
+    );
+}
+
+/// Redirects were followed anywhere. None may leave the master's origin
+/// (for the torrent, or for the JSON the replica reads); one that stays
+/// on it is followed.
+#[test]
+fn no_redirect_leaves_the_masters_origin() {
+    let d = test_dir("redirects");
+    let elsewhere = StandIn::start(Arc::new(|_: &Hit| Answer::Json(200, "{}".into())));
+    let target = format!("{}/internal/admin?secret=1", elsewhere.url);
+    let (torrent, hash) = small_torrent(d.path());
+    // 0: the torrent redirects elsewhere; 1: /versions/latest redirects
+    // elsewhere; 2: the torrent redirects to another path of the master.
+    let mode = Arc::new(AtomicU8::new(0));
+    let own_url = Arc::new(std::sync::OnceLock::<String>::new());
+    let (m, own) = (mode.clone(), own_url.clone());
+    let master = StandIn::start(Arc::new(move |h: &Hit| {
+        let mode = m.load(Ordering::SeqCst);
+        let torrent_url = format!("{}/versions/1/torrent", own.get().unwrap());
+        match h.target.as_str() {
+            "/versions/latest" if mode == 1 => Answer::Redirect(target.clone()),
+            "/versions/latest" => Answer::Json(200, version_json(1, &hash, &torrent_url)),
+            "/versions/1/torrent" if mode == 2 => Answer::Redirect("/real/1.torrent".into()),
+            "/versions/1/torrent" => Answer::Redirect(target.clone()),
+            "/real/1.torrent" => Answer::Torrent(torrent.clone()),
+            _ => not_found(),
+        }
+    }));
+    own_url.set(master.url.clone()).unwrap();
+    let r = replica_of(&master.url, d.path(), "replica");
+
+    // The torrent redirects to another host.
+    let error = wait_failed(&r);
+    eprintln!("last_error: {error}");
+    assert!(
+        elsewhere.targets().is_empty(),
+        "the replica followed the torrent's redirect to another host: {:?}",
+        elsewhere.targets()
+    );
+    assert!(
+        error.contains("redirect") && error.contains("another origin"),
+        "/status last_error does not say why: {error}"
+    );
+
+    // /versions/latest redirects to another host.
+    mode.store(1, Ordering::SeqCst);
+    let polls = master.hits_of("/versions/latest").len();
+    assert_eq!(
+        request("POST", &format!("{}/poll", r.url), None, None).status,
+        202
+    );
+    let mut error = String::new();
+    r.wait_status(Duration::from_secs(30), "the next cycle's error", |s| {
+        error = s["last_error"].as_str().unwrap_or_default().to_string();
+        master.hits_of("/versions/latest").len() > polls && error.contains("/versions/latest")
+    });
+    assert!(
+        elsewhere.targets().is_empty(),
+        "the replica followed /versions/latest's redirect to another host: {:?}",
+        elsewhere.targets()
+    );
+    eprintln!("last_error: {error}");
+    assert!(error.contains("another origin"), "{error}");
+
+    // A redirect within the master's origin is followed.
+    mode.store(2, Ordering::SeqCst);
+    assert_eq!(
+        request("POST", &format!("{}/poll", r.url), None, None).status,
+        202
+    );
+    r.wait_status(Duration::from_secs(30), "version 1 downloading", |s| {
+        s["target_version"] == 1 && s["state"] == "downloading"
+    });
+    assert_eq!(master.hits_of("/real/1.torrent").len(), 1);
+    assert!(elsewhere.targets().is_empty(), "{:?}", elsewhere.targets());
 }

@@ -9,7 +9,9 @@ use crate::metainfo::{Metainfo, MetainfoError, MAX_TORRENT_BYTES};
 pub enum SourceError {
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
-    #[error("{0}: {1}")]
+    /// With the error's causes: "error following redirect" alone does not
+    /// say that the redirect was refused, nor why.
+    #[error("{0}: {}", crate::util::error_chain(.1))]
     Http(String, reqwest::Error),
     #[error("{0}: HTTP {1}")]
     Status(String, u16),
@@ -63,4 +65,41 @@ pub async fn fetch_bytes(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, S
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// Most redirects followed for one request.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// Why a redirect was not followed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedirectError {
+    #[error("redirect to another origin ({to}) refused: only {origin} may answer")]
+    OffOrigin { origin: String, to: String },
+    #[error("more than {MAX_REDIRECTS} redirects")]
+    TooMany,
+}
+
+/// The redirect policy of every client that talks to masters and
+/// trackers: a redirect is followed only to the origin (scheme, host,
+/// port) of the request that was sent, and at most [`MAX_REDIRECTS`]
+/// times. A master (or anything in between) cannot send a replica to
+/// another host, with whatever the request carries.
+pub fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let Some(first) = attempt.previous().first() else {
+            return attempt.follow();
+        };
+        let (origin, to) = (first.origin(), attempt.url().origin());
+        if origin != to {
+            let error = RedirectError::OffOrigin {
+                origin: origin.ascii_serialization(),
+                to: to.ascii_serialization(),
+            };
+            attempt.error(error)
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(RedirectError::TooMany)
+        } else {
+            attempt.follow()
+        }
+    })
 }

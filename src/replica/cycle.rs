@@ -161,6 +161,7 @@ impl Replica {
         &self,
         v: &RemoteVersion,
     ) -> Result<(Metainfo, Vec<u8>), CycleError> {
+        self.on_masters_origin(v)?;
         let torrent_err = |message: String| CycleError::Torrent {
             version: v.version,
             message,
@@ -176,6 +177,23 @@ impl Replica {
             });
         }
         Ok((meta, bytes))
+    }
+
+    /// Refuses a `torrent_url` off the origin (scheme, host, port) of
+    /// `master_url`: a master's answer must not send the replica anywhere
+    /// else (redirects are held to their origin by the HTTP client).
+    fn on_masters_origin(&self, v: &RemoteVersion) -> Result<(), CycleError> {
+        let origin = |u: &str| reqwest::Url::parse(u).map(|u| u.origin());
+        let master = origin(&self.cfg.master_url);
+        match (&master, origin(&v.torrent_url)) {
+            (Ok(m), Ok(t)) if *m == t && t.is_tuple() => Ok(()),
+            _ => Err(CycleError::OffOrigin {
+                version: v.version,
+                url: v.torrent_url.chars().take(200).collect(),
+                origin: master
+                    .map_or_else(|_| self.cfg.master_url.clone(), |m| m.ascii_serialization()),
+            }),
+        }
     }
 
     /// Records `epoch` (if the master has one) in `DATA/master-epoch`;

@@ -17,6 +17,15 @@ pub enum CycleError {
     Malformed { url: String, message: String },
     #[error("torrent of version {version}: {message}")]
     Torrent { version: u64, message: String },
+    #[error(
+        "version {version}'s torrent_url {url} is not on the master's origin {origin} \
+         (master_url); not fetched. The master's public_url must be the address replicas use"
+    )]
+    OffOrigin {
+        version: u64,
+        url: String,
+        origin: String,
+    },
     #[error("torrent of version {version} does not match its info-hash {expected}")]
     WrongTorrent { version: u64, expected: InfoHash },
     #[error("version {0} was retired by the master before it arrived; moving on")]

@@ -211,6 +211,7 @@ impl Engine {
             down: limiter(cfg.download_limit),
             http: reqwest::Client::builder()
                 .user_agent(concat!("indexswarm/", env!("CARGO_PKG_VERSION")))
+                .redirect(crate::source::same_origin_redirects())
                 .build()
                 .unwrap_or_default(),
             shutdown: CancellationToken::new(),
