@@ -5,6 +5,7 @@
 
 mod architecture;
 mod bounds;
+mod closed;
 mod common;
 mod dashboard;
 mod deploy;

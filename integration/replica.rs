@@ -78,6 +78,8 @@ pub(crate) struct Master {
     pub(crate) starts: usize,
     /// version → the snapshot directory it was published from.
     pub(crate) versions: BTreeMap<u64, PathBuf>,
+    /// The swarm token, when the master's reads need one.
+    pub(crate) read_token: Option<String>,
 }
 
 pub(crate) fn master_proc(
@@ -123,6 +125,7 @@ impl Master {
             extra,
             starts: 1,
             versions: BTreeMap::new(),
+            read_token: None,
         };
         m.wait_healthy();
         m
@@ -152,7 +155,14 @@ impl Master {
     }
 
     pub(crate) fn latest(&self) -> Option<Value> {
-        get_json(&format!("{}/versions/latest", self.url))
+        self.get(&format!("{}/versions/latest", self.url))
+    }
+
+    /// A GET of the master's JSON, with the swarm token when it needs one.
+    pub(crate) fn get(&self, url: &str) -> Option<Value> {
+        let auth = self.read_token.as_ref().map(|t| format!("Bearer {t}"));
+        let r = request("GET", url, None, auth.as_deref());
+        (r.status == 200).then(|| r.json())
     }
 
     /// Builds a snapshot in the staging directory, renames it into the
@@ -168,12 +178,14 @@ impl Master {
             PUBLISH,
             &format!("the master to publish {name}"),
             || {
-                found = get_json(&format!("{}/versions", self.url)).and_then(|list| {
-                    list.as_array()?
-                        .iter()
-                        .find(|v| v["name"] == name)
-                        .and_then(|v| v["version"].as_u64())
-                });
+                found = self
+                    .get(&format!("{}/versions", self.url))
+                    .and_then(|list| {
+                        list.as_array()?
+                            .iter()
+                            .find(|v| v["name"] == name)
+                            .and_then(|v| v["version"].as_u64())
+                    });
                 found.is_some()
             },
             || tail(&self.proc.stderr_text()),

@@ -333,8 +333,9 @@ fn the_process_wide_cap_holds_across_addresses() {
         spawn_idlers(&meta, [127, 0, 0, last], seed_port, 3, &idlers);
     }
     // Beyond the cap a connection is closed before our handshake answer.
+    // Generous: nine handshakes on a loaded 2-core machine.
     wait_until(
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         "nine attempts, four connections left",
         || idlers.tried() == 9 && idlers.open() == 4,
     );

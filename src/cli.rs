@@ -55,6 +55,34 @@ pub enum Command {
     /// Download a torrent (resuming verified pieces), optionally keep seeding.
     /// Prints a JSON summary (bytes downloaded, resumed, seconds) on stdout when complete.
     Fetch(FetchArgs),
+    /// The deployment's certificate authority: `ca init`, then `ca issue NAME`
+    /// per node (files for tls_cert, tls_key and tls_ca).
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a CA in DIR: ca.pem (give it to every node as tls_ca) and
+    /// ca.key (keep it private; only `ca issue` reads it).
+    Init {
+        /// Where the CA's files go (created if missing; never overwritten).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a certificate for the node NAME: DIR/NAME.pem (tls_cert: the
+    /// certificate then the CA's) and DIR/NAME.key (tls_key, mode 0600).
+    /// Good for HTTPS to NAME and for the peer wire of SSL torrents.
+    Issue {
+        /// The node's host name (also the file name).
+        name: String,
+        /// The CA's directory (from `ca init`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Another name or IP address the node's API is reached by (repeatable).
+        #[arg(long = "san", value_name = "NAME_OR_IP")]
+        san: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -208,7 +236,22 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Master(a) => master(a).await,
         Command::Replica(a) => replica(a).await,
         Command::Demo(a) => crate::demo::run(a).await,
+        Command::Ca(c) => ca(c),
     }
+}
+
+fn ca(c: CaCommand) -> Result<()> {
+    match c {
+        CaCommand::Init { dir } => {
+            crate::tls::ca_init(&dir)?;
+            println!("{}", dir.join("ca.pem").display());
+        }
+        CaCommand::Issue { name, dir, san } => {
+            crate::tls::ca_issue(&dir, &name, &san)?;
+            println!("{}", dir.join(format!("{name}.pem")).display());
+        }
+    }
+    Ok(())
 }
 
 async fn replica(a: ReplicaArgs) -> Result<()> {
@@ -224,9 +267,11 @@ async fn replica(a: ReplicaArgs) -> Result<()> {
     let replica = crate::replica::ReplicaSet::start(cfg.clone())
         .await
         .context("cannot start the replica")?;
+    let tls = https(&cfg.security)?;
     let (addr, server) = crate::http::serve(
         crate::http::replica::routes(replica.clone()),
         cfg.http_listen,
+        tls,
         shutdown.clone(),
     )?;
     let names: Vec<&str> = cfg.indexes.iter().map(|i| i.index.as_str()).collect();
@@ -236,13 +281,30 @@ async fn replica(a: ReplicaArgs) -> Result<()> {
         .map(|i| i.master_url.as_str())
         .unwrap_or_default();
     tracing::info!(
-        "replica API on http://{addr}, master {master}, indexes {}",
+        "replica API on {}://{addr}, master {master}, indexes {}",
+        if cfg.security.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         names.join(", ")
     );
     let server = tokio::spawn(server);
     replica.run(shutdown).await;
     let _ = server.await;
     Ok(())
+}
+
+/// The HTTPS configuration, when `tls_cert` and `tls_key` are set.
+fn https(
+    sec: &crate::config::security::Security,
+) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+    match &sec.tls {
+        Some(files) => Ok(Some(
+            crate::tls::https_server(&files.cert, &files.key).context("cannot set up HTTPS")?,
+        )),
+        None => Ok(None),
+    }
 }
 
 async fn master(a: MasterArgs) -> Result<()> {
@@ -255,13 +317,25 @@ async fn master(a: MasterArgs) -> Result<()> {
     let master = crate::master::Master::start(cfg.clone())
         .await
         .context("cannot start the master")?;
+    if cfg.api_token.is_none() {
+        tracing::warn!(
+            "no api_token: POST /snapshot, activate, pause and resume accept requests from loopback only"
+        );
+    }
+    let tls = https(&cfg.security)?;
     let (addr, server) = crate::http::serve(
         crate::http::master::routes(master.clone()),
         cfg.http_listen,
+        tls,
         shutdown.clone(),
     )?;
     tracing::info!(
-        "master API and tracker on http://{addr} (public URL {})",
+        "master API and tracker on {}://{addr} (public URL {})",
+        if cfg.security.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         cfg.public_url
     );
     let server = tokio::spawn(server);
@@ -294,6 +368,7 @@ async fn start_engine(
         upload_limit: up,
         download_limit: down,
         max_connections: limits.max_connections,
+        ..EngineConfig::default()
     };
     match listen {
         Some(l) => Ok(Engine::start(cfg(l)).await?),
@@ -585,6 +660,7 @@ async fn create(a: CreateArgs) -> Result<()> {
         threads: a.threads,
         comment: None,
         known: None,
+        ssl_cert: None,
     };
     let path = a.path.clone();
     // Size the progress bar from a quick scan (metadata only).
@@ -733,10 +809,7 @@ async fn tracker(a: TrackerArgs) -> Result<()> {
     let routes =
         crate::tracker::routes(tracker).or(warp::any().map(crate::tracker::server::not_found));
     use warp::Filter;
-    let stop = shutdown.clone();
-    let (addr, server) = warp::serve(routes)
-        .try_bind_with_graceful_shutdown(a.listen, async move { stop.cancelled().await })
-        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let (addr, server) = crate::http::serve(routes, a.listen, None, shutdown.clone())?;
     tracing::info!("tracker listening on http://{addr}/announce");
     server.await;
     Ok(())

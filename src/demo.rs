@@ -427,6 +427,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let (_, server) = crate::http::serve(
         crate::http::master::routes(master.clone()),
         mcfg.http_listen,
+        None,
         shutdown.clone(),
     )?;
     tokio::spawn(server);
@@ -452,6 +453,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         let (_, server) = crate::http::serve(
             crate::http::replica::routes(set.clone()),
             cfg.http_listen,
+            None,
             replicas_shutdown.clone(),
         )?;
         tokio::spawn(server);

@@ -26,6 +26,7 @@ pub mod source;
 pub mod storage;
 pub mod swarm;
 pub mod telemetry;
+pub mod tls;
 pub mod tracker;
 pub mod units;
 pub mod util;

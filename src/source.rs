@@ -27,7 +27,7 @@ pub async fn load_torrent(
     src: &str,
 ) -> Result<(Vec<u8>, Metainfo), SourceError> {
     let bytes = if src.starts_with("http://") || src.starts_with("https://") {
-        fetch_bytes(http, src).await?
+        fetch_bytes(http, src, None).await?
     } else {
         let path = Path::new(src);
         let len = tokio::fs::metadata(path)
@@ -46,14 +46,17 @@ pub async fn load_torrent(
 }
 
 /// GETs a URL into memory, refusing bodies over the torrent size cap.
-pub async fn fetch_bytes(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, SourceError> {
+pub async fn fetch_bytes(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+) -> Result<Vec<u8>, SourceError> {
     let err = |e| SourceError::Http(url.into(), e);
-    let mut resp = http
-        .get(url)
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .map_err(err)?;
+    let mut get = http.get(url).timeout(Duration::from_secs(30));
+    if let Some(t) = token {
+        get = get.bearer_auth(t);
+    }
+    let mut resp = get.send().await.map_err(err)?;
     if !resp.status().is_success() {
         return Err(SourceError::Status(url.into(), resp.status().as_u16()));
     }

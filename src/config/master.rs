@@ -101,6 +101,28 @@ pub struct RawMaster {
     /// fraction of replicas staged it, 0.0-1.0 [default: 1.0].
     #[arg(long, env = "INDEXSWARM_MASTER_MIN_READY")]
     pub min_ready: Option<f64>,
+    /// Closed swarm: API reads, announces and peer connections need this
+    /// token (Authorization: Bearer); off when unset.
+    #[arg(long, env = "INDEXSWARM_MASTER_SWARM_TOKEN")]
+    pub swarm_token: Option<String>,
+    /// If set, GET /metrics needs "Authorization: Bearer <token>".
+    #[arg(long, env = "INDEXSWARM_MASTER_METRICS_TOKEN")]
+    pub metrics_token: Option<String>,
+    /// Address blocks (CIDR, comma-separated) that may connect to the peer
+    /// port [default: loopback and private networks without a swarm token;
+    /// only announced members with one].
+    #[arg(long, env = "INDEXSWARM_MASTER_PEER_ALLOW", value_delimiter = ',')]
+    pub peer_allow: Option<Vec<String>>,
+    /// This node's certificate (PEM): HTTPS for the API, TLS for SSL torrents.
+    #[arg(long, env = "INDEXSWARM_MASTER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of tls_cert (PEM).
+    #[arg(long, env = "INDEXSWARM_MASTER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The deployment's CA certificate (PEM): trusted for https:// URLs and
+    /// put in published torrents as ssl-cert (peers then speak TLS).
+    #[arg(long, env = "INDEXSWARM_MASTER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Default `verify_rate`: SHA-1 runs at 500 MB/s or more on one core, so
@@ -141,6 +163,24 @@ impl RawMaster {
             canary_secs: pick(self.canary_secs, other.canary_secs),
             ready_timeout_secs: pick(self.ready_timeout_secs, other.ready_timeout_secs),
             min_ready: pick(self.min_ready, other.min_ready),
+            swarm_token: pick(self.swarm_token, other.swarm_token),
+            metrics_token: pick(self.metrics_token, other.metrics_token),
+            peer_allow: pick(self.peer_allow, other.peer_allow),
+            tls_cert: pick(self.tls_cert, other.tls_cert),
+            tls_key: pick(self.tls_key, other.tls_key),
+            tls_ca: pick(self.tls_ca, other.tls_ca),
+        }
+    }
+
+    /// The closed-swarm settings, for validation.
+    fn raw_security(&self) -> super::security::RawSecurity {
+        super::security::RawSecurity {
+            swarm_token: self.swarm_token.clone(),
+            metrics_token: self.metrics_token.clone(),
+            peer_allow: self.peer_allow.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_ca: self.tls_ca.clone(),
         }
     }
 
@@ -156,6 +196,7 @@ impl RawMaster {
     ) -> Result<MasterConfig, ConfigError> {
         let mut errors = Vec::new();
         let indexes = self.indexes(tables, &mut errors);
+        let security = self.raw_security().validate(&mut errors);
         let http_listen = addr(
             "http_listen",
             self.http_listen.as_deref().unwrap_or("0.0.0.0:7070"),
@@ -176,7 +217,7 @@ impl RawMaster {
                 ));
                 String::new()
             }
-            None => derive_url(http_listen),
+            None => derive_url(http_listen, self.tls_cert.is_some()),
         };
         // 0 has always meant "as often as possible": one second.
         let rescan =
@@ -215,6 +256,7 @@ impl RawMaster {
             rescan,
             announce_interval,
             verify_rate,
+            security,
         })
     }
 
@@ -403,7 +445,7 @@ fn nested_dirs(indexes: &[MasterIndex], errors: &mut Vec<String>) {
     }
 }
 
-fn derive_url(listen: SocketAddr) -> String {
+fn derive_url(listen: SocketAddr, https: bool) -> String {
     let host = if listen.ip().is_unspecified() {
         local_host_name()
     } else {
@@ -414,7 +456,8 @@ fn derive_url(listen: SocketAddr) -> String {
     } else {
         host
     };
-    format!("http://{host}:{}", listen.port())
+    let scheme = if https { "https" } else { "http" };
+    format!("{scheme}://{host}:{}", listen.port())
 }
 
 /// Most replica ids a `canary` list may name.
@@ -462,6 +505,8 @@ pub struct MasterIndex {
 /// Validated master settings.
 #[derive(Debug, Clone)]
 pub struct MasterConfig {
+    /// Tokens, the peer allow-list, TLS.
+    pub security: super::security::Security,
     /// In name order; at least one.
     pub indexes: Vec<MasterIndex>,
     pub http_listen: SocketAddr,

@@ -10,6 +10,7 @@
 pub mod index;
 mod master;
 mod replica;
+pub mod security;
 
 use std::path::Path;
 use std::time::Duration;

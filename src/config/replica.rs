@@ -115,6 +115,28 @@ pub struct RawReplica {
     /// for proxies that cut idle requests [default: true].
     #[arg(long, env = "INDEXSWARM_REPLICA_LONG_POLL")]
     pub long_poll: Option<bool>,
+    /// Closed swarm: API reads, announces and peer connections need this
+    /// token (Authorization: Bearer); off when unset.
+    #[arg(long, env = "INDEXSWARM_REPLICA_SWARM_TOKEN")]
+    pub swarm_token: Option<String>,
+    /// If set, GET /metrics needs "Authorization: Bearer <token>".
+    #[arg(long, env = "INDEXSWARM_REPLICA_METRICS_TOKEN")]
+    pub metrics_token: Option<String>,
+    /// Address blocks (CIDR, comma-separated) that may connect to the peer
+    /// port [default: loopback and private networks without a swarm token;
+    /// only announced members with one].
+    #[arg(long, env = "INDEXSWARM_REPLICA_PEER_ALLOW", value_delimiter = ',')]
+    pub peer_allow: Option<Vec<String>>,
+    /// This node's certificate (PEM): HTTPS for the API, TLS for SSL torrents.
+    #[arg(long, env = "INDEXSWARM_REPLICA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of tls_cert (PEM).
+    #[arg(long, env = "INDEXSWARM_REPLICA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The deployment's CA certificate (PEM): trusted for https:// URLs and
+    /// put in published torrents as ssl-cert (peers then speak TLS).
+    #[arg(long, env = "INDEXSWARM_REPLICA_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// A plain replica id or zone: 1–`max` letters, digits, `.`, `_`, `-`, `:`.
@@ -158,6 +180,24 @@ impl RawReplica {
             max_lag_versions: pick(self.max_lag_versions, o.max_lag_versions),
             health_check: pick(self.health_check, o.health_check),
             long_poll: pick(self.long_poll, o.long_poll),
+            swarm_token: pick(self.swarm_token, o.swarm_token),
+            metrics_token: pick(self.metrics_token, o.metrics_token),
+            peer_allow: pick(self.peer_allow, o.peer_allow),
+            tls_cert: pick(self.tls_cert, o.tls_cert),
+            tls_key: pick(self.tls_key, o.tls_key),
+            tls_ca: pick(self.tls_ca, o.tls_ca),
+        }
+    }
+
+    /// The closed-swarm settings, for validation.
+    fn raw_security(&self) -> super::security::RawSecurity {
+        super::security::RawSecurity {
+            swarm_token: self.swarm_token.clone(),
+            metrics_token: self.metrics_token.clone(),
+            peer_allow: self.peer_allow.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_ca: self.tls_ca.clone(),
         }
     }
 
@@ -209,6 +249,7 @@ impl RawReplica {
             seed_old: secs("seed_old_secs", self.seed_old_secs, 300, 0, &mut errors),
             stall: secs("stall_secs", self.stall_secs, 60, 1, &mut errors),
             long_poll: self.long_poll.unwrap_or(true),
+            security: self.raw_security().validate(&mut errors),
             limits: super::peer_limits(
                 self.max_peers,
                 self.max_peers_per_ip,
@@ -226,6 +267,7 @@ impl RawReplica {
             return Err(ConfigError::Invalid(errors));
         }
         Ok(ReplicaSetConfig {
+            security: shared.security.clone(),
             http_listen,
             peer_listen,
             download_limit: shared.download_limit,
@@ -316,6 +358,7 @@ impl RawReplica {
             limits: shared.limits,
             fleet: shared.fleet.clone(),
             long_poll: shared.long_poll,
+            security: shared.security.clone(),
         })
     }
 }
@@ -398,6 +441,7 @@ struct Shared {
     upload_limit: u64,
     fleet: FleetIdentity,
     long_poll: bool,
+    security: super::security::Security,
 }
 
 fn swap_mode(
@@ -446,6 +490,8 @@ fn swap_mode(
 /// index it follows.
 #[derive(Debug, Clone)]
 pub struct ReplicaSetConfig {
+    /// Tokens, the peer allow-list, TLS.
+    pub security: super::security::Security,
     pub http_listen: SocketAddr,
     pub peer_listen: SocketAddr,
     pub download_limit: u64,
@@ -489,6 +535,7 @@ pub struct ReplicaConfig {
     pub fleet: FleetIdentity,
     /// Follow the master by long poll (else every poll interval).
     pub long_poll: bool,
+    pub security: super::security::Security,
 }
 
 #[cfg(test)]

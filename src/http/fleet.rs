@@ -162,6 +162,30 @@ async fn latest(idx: Arc<Index>, q: Query) -> Reply {
     }
 }
 
+/// `GET /tracker/members?info_hash=HEX`: the addresses that announced
+/// (with the swarm token, in a closed swarm) and have not expired; the
+/// replicas' peer gates ask it (`replica/gate.rs`).
+fn members(m: &Master, q: &Query) -> Reply {
+    let hash = q
+        .get("info_hash")
+        .and_then(|h| h.parse::<crate::metainfo::InfoHash>().ok());
+    let Some(hash) = hash else {
+        return error(StatusCode::BAD_REQUEST, "info_hash must be 40 hex digits");
+    };
+    let mut addresses: Vec<std::net::IpAddr> = m
+        .tracker()
+        .peers(&hash)
+        .iter()
+        .map(|p| p.addr.ip())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "addresses": addresses }),
+    )
+}
+
 /// `GET /versions/active`.
 fn active(idx: &Index) -> Reply {
     let v = idx
@@ -287,8 +311,15 @@ fn reads(m: MasterFilter) -> warp::filters::BoxedFilter<(Reply,)> {
             })
             .boxed()
     };
+    let members_route = warp::path!("tracker" / "members")
+        .and(get)
+        .and(m.clone())
+        .and(q)
+        .map(|m: Arc<Master>, q: Query| members(&m, &q));
     replicas_all
         .or(replicas_of)
+        .unify()
+        .or(members_route)
         .unify()
         .or(rollout_route(false))
         .unify()
@@ -312,7 +343,10 @@ fn writes(m: MasterFilter) -> warp::filters::BoxedFilter<(Reply,)> {
     let report_route = warp::path!("replicas" / "report")
         .and(post)
         .and(m.clone())
-        .and(warp::addr::remote())
+        .and(
+            warp::ext::optional::<crate::util::net::RemoteAddr>()
+                .map(|r: Option<crate::util::net::RemoteAddr>| r.map(|r| r.0)),
+        )
         .and(warp::body::stream().then(read_body))
         .and_then(report);
     let activate_route = warp::path!("versions" / u64 / "activate")

@@ -301,9 +301,20 @@ fn version_routes(
 pub fn routes(
     master: Arc<Master>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
+    let sec = &master.cfg().security;
+    let access = super::auth::Access {
+        swarm_token: sec.swarm_token.clone(),
+        api_token: master.cfg().api_token.clone(),
+        metrics_token: sec.metrics_token.clone(),
+    };
     let dashboard = super::events::master_routes(master.clone());
-    dashboard
-        .or(api_routes(master).map(|r: Reply| warp::Reply::into_response(r)))
+    super::auth::guard(access, super::auth::master_need)
+        .and(
+            dashboard
+                .or(api_routes(master).map(|r: Reply| warp::Reply::into_response(r)))
+                .unify(),
+        )
+        .recover(super::recover_response)
         .unify()
 }
 

@@ -1,10 +1,12 @@
 //! The HTTP APIs of both sidecars, as warp filters. Handlers call into
 //! `master` / `replica`; errors become `{"error": "..."}` with a status code.
 
+pub mod auth;
 pub mod events;
 mod fleet;
 pub mod master;
 pub mod replica;
+pub mod server;
 
 use std::net::SocketAddr;
 
@@ -47,6 +49,9 @@ pub fn healthz() -> impl Filter<Extract = (Reply,), Error = warp::Rejection> + C
 
 /// Anything unmatched: a JSON 404 (or 405 for a known path with the wrong method).
 pub async fn recover(err: warp::Rejection) -> Result<Reply, std::convert::Infallible> {
+    if let Some(auth::Unauthorized(why)) = err.find::<auth::Unauthorized>() {
+        return Ok(error(StatusCode::UNAUTHORIZED, *why));
+    }
     if err.find::<warp::reject::MethodNotAllowed>().is_some() {
         return Ok(error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"));
     }
@@ -63,20 +68,30 @@ pub async fn recover(err: warp::Rejection) -> Result<Reply, std::convert::Infall
 #[error("cannot listen on {addr}: {source}")]
 pub struct BindError {
     pub addr: SocketAddr,
-    pub source: warp::Error,
+    pub source: std::io::Error,
 }
 
-/// Binds `routes` on `addr` and serves them until `shutdown`.
+/// Binds `routes` on `addr` (HTTPS when `tls` is given) and serves them
+/// until `shutdown`, under the caps and timeouts of [`server`].
 pub fn serve<F, R>(
     routes: F,
     addr: SocketAddr,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), BindError>
 where
     F: Filter<Extract = (R,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
     R: warp::Reply,
 {
-    warp::serve(routes)
-        .try_bind_with_graceful_shutdown(addr, async move { shutdown.cancelled().await })
-        .map_err(|source| BindError { addr, source })
+    let (local, bound) =
+        server::bind(routes, addr, tls, shutdown).map_err(|source| BindError { addr, source })?;
+    Ok((local, bound.run()))
+}
+
+/// [`recover`] as a boxed-body response, for routes that stream.
+pub async fn recover_response(
+    err: warp::Rejection,
+) -> Result<warp::reply::Response, std::convert::Infallible> {
+    let r = recover(err).await?;
+    Ok(warp::Reply::into_response(r))
 }

@@ -50,8 +50,19 @@ fn is_lever(action: &str) -> bool {
 pub fn routes(
     replica: Arc<Replica>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
-    super::events::replica_page()
-        .or(api_routes(replica).map(|r: Reply| warp::Reply::into_response(r)))
+    let sec = replica.security().clone();
+    let access = super::auth::Access {
+        swarm_token: sec.swarm_token,
+        api_token: None,
+        metrics_token: sec.metrics_token,
+    };
+    super::auth::guard(access, super::auth::replica_need)
+        .and(
+            super::events::replica_page()
+                .or(api_routes(replica).map(|r: Reply| warp::Reply::into_response(r)))
+                .unify(),
+        )
+        .recover(super::recover_response)
         .unify()
 }
 

@@ -18,6 +18,7 @@
 
 mod activation;
 pub mod fleet;
+mod gate;
 mod index;
 mod publisher;
 pub mod registry;
@@ -141,6 +142,10 @@ pub struct Shared {
     pub registry_metrics: Metrics,
     /// The replicas heard from, for every index.
     pub fleet: Mutex<fleet::Fleet>,
+    /// The deployment CA (PEM) put in every published torrent as
+    /// `ssl-cert` when the master has `tls_ca` and its own `tls_cert`:
+    /// peers then speak TLS.
+    pub ssl_cert: Option<String>,
     /// One budget for every index's verifier: `verify_rate` in total.
     pub(crate) throttle: Mutex<verifier::Throttle>,
     started: std::time::Instant,
@@ -166,6 +171,8 @@ pub enum MasterError {
     Engine(#[from] crate::swarm::EngineError),
     #[error("cannot resolve the public host {0:?}: {1}")]
     Resolve(String, String),
+    #[error("tls_cert / tls_key: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The host part of a URL (`http://host:port/...`).
@@ -219,26 +226,43 @@ impl Master {
             .iter()
             .map(|c| Index::lock(c.clone()))
             .collect::<Result<Vec<_>, _>>()?;
+        let tracker = Tracker::new(TrackerConfig {
+            interval: cfg.announce_interval,
+            min_interval: Duration::from_secs(1),
+            whitelist_only: true,
+            token: cfg.security.swarm_token.clone(),
+            ..TrackerConfig::default()
+        });
+        let gate = gate::TrackerGate {
+            tracker: tracker.clone(),
+            security: cfg.security.clone(),
+        };
         let engine = Engine::start(EngineConfig {
             listen: cfg.peer_listen,
             upload_limit: cfg.upload_limit,
             download_limit: 0,
             max_connections: cfg.limits.max_connections,
+            gate: Some(Arc::new(gate)),
+            swarm_token: cfg.security.swarm_token.clone(),
+            http_roots: Vec::new(),
+            identity: cfg.security.identity()?,
         })
         .await?;
         let peer_addr = peer_addr(&cfg, engine.local_addr().port()).await?;
-        let tracker = Tracker::new(TrackerConfig {
-            interval: cfg.announce_interval,
-            min_interval: Duration::from_secs(1),
-            whitelist_only: true,
-            ..TrackerConfig::default()
-        });
         let registry_metrics = Metrics::new();
         let metrics = MasterMetrics::new(&registry_metrics);
         for i in &cfg.indexes {
             metrics.register_index(&i.name);
         }
+        let ssl_cert = match (&cfg.security.tls_ca, &cfg.security.tls) {
+            (Some(ca), Some(_)) => Some(
+                std::fs::read_to_string(ca)
+                    .map_err(|e| MasterError::StateDir(ca.display().to_string(), e))?,
+            ),
+            _ => None,
+        };
         let shared = Arc::new(Shared {
+            ssl_cert,
             fleet: Mutex::new(fleet::Fleet::default()),
             throttle: Mutex::new(verifier::Throttle::new(cfg.verify_rate)),
             metrics,

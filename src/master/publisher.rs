@@ -142,6 +142,7 @@ impl Index {
             threads: 0,
             comment: Some(format!("indexswarm snapshot {name}")),
             known: Some(Arc::new(known)),
+            ssl_cert: self.shared.ssl_cert.clone(),
         };
         let d2 = dir.clone();
         let built = tokio::task::spawn_blocking(move || build(&d2, &opts, &AtomicU64::new(0)))

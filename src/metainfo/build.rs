@@ -39,6 +39,8 @@ pub struct BuildOptions {
     /// Piece hashes of files hashed before, reused for a file proven to be
     /// the same one (`known.rs`) instead of reading it again.
     pub known: Option<Arc<KnownPieces>>,
+    /// A root certificate (PEM) for `info.ssl-cert`: an SSL torrent.
+    pub ssl_cert: Option<String>,
 }
 
 /// A file found while scanning, with what we saw of it (the master records
@@ -273,7 +275,14 @@ pub fn build(path: &Path, opts: &BuildOptions, progress: &AtomicU64) -> Result<B
         source: e,
     })?;
 
-    let info = encode_info(&name, piece_length, &pieces, &files, single)?;
+    let info = encode_info(
+        &name,
+        piece_length,
+        &pieces,
+        &files,
+        single,
+        opts.ssl_cert.as_deref(),
+    )?;
     let bytes = encode_torrent(&info, opts)?;
     let meta = Metainfo::from_bytes(&bytes)?;
     Ok(Built {
@@ -330,6 +339,7 @@ fn encode_info(
     pieces: &[[u8; 20]],
     files: &[FileEntry],
     single: bool,
+    ssl_cert: Option<&str>,
 ) -> Result<Vec<u8>, BuildError> {
     let flat: Vec<u8> = pieces.concat();
     let mut e = Encoder::new();
@@ -364,7 +374,12 @@ fn encode_info(
             }
             d.emit_pair(b"name", name)?;
             d.emit_pair(b"piece length", piece_length)?;
-            d.emit_pair_with(b"pieces", |e| e.emit_bytes(&flat))
+            d.emit_pair_with(b"pieces", |e| e.emit_bytes(&flat))?;
+            // "ssl-cert" sorts after "pieces", as bencode wants.
+            if let Some(cert) = ssl_cert {
+                d.emit_pair(b"ssl-cert", cert)?;
+            }
+            Ok(())
         })
     })
     .map_err(enc_err)?;

@@ -122,6 +122,9 @@ pub struct Metainfo {
     pub announce: Vec<String>,
     /// The exact bytes of the info dictionary.
     pub info_bytes: Vec<u8>,
+    /// An SSL torrent's root certificate (PEM, `info.ssl-cert`): peers
+    /// speak TLS and present certificates it signed (libtorrent's SSL torrents).
+    pub ssl_cert: Option<String>,
 }
 
 impl Metainfo {

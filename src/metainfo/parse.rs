@@ -18,6 +18,8 @@ const MAX_DEPTH: usize = 64;
 const MAX_PATH_COMPONENTS: usize = 64;
 /// Longest single path component (the usual filesystem limit).
 const MAX_COMPONENT_BYTES: usize = 255;
+/// Largest `ssl-cert` (a PEM root certificate is 1–2 KiB).
+const MAX_SSL_CERT: usize = 64 * 1024;
 /// Longest list of strings (a path, an announce tier) we read at all.
 const MAX_LIST_ITEMS: usize = 1024;
 
@@ -42,6 +44,7 @@ struct RawInfo<'a> {
     pieces: Option<&'a [u8]>,
     length: Option<i64>,
     files: Option<Vec<RawFile<'a>>>,
+    ssl_cert: Option<&'a [u8]>,
 }
 
 #[derive(Default)]
@@ -142,6 +145,7 @@ fn parse_info(info: &[u8]) -> Result<RawInfo<'_>> {
             b"piece length" => raw.piece_length = Some(int(value, "info.piece length")?),
             b"pieces" => raw.pieces = Some(bytes(value, "info.pieces")?),
             b"length" => raw.length = Some(int(value, "info.length")?),
+            b"ssl-cert" => raw.ssl_cert = Some(bytes(value, "info.ssl-cert")?),
             b"files" => {
                 let Object::List(mut list) = value else {
                     return Err(MetainfoError::WrongType("info.files"));
@@ -339,8 +343,22 @@ fn validate(raw: RawTorrent, info_bytes: &[u8], info: RawInfo) -> Result<Metainf
         }
     }
 
+    let ssl_cert = match info.ssl_cert {
+        None => None,
+        Some(c) if c.len() > MAX_SSL_CERT => {
+            return Err(MetainfoError::TooLarge(format!(
+                "ssl-cert of {} bytes (at most {MAX_SSL_CERT})",
+                c.len()
+            )))
+        }
+        Some(c) => Some(
+            String::from_utf8(c.to_vec())
+                .map_err(|_| MetainfoError::Invalid("ssl-cert is not PEM text".into()))?,
+        ),
+    };
     let info_hash = InfoHash(Sha1::digest(info_bytes).into());
     Ok(Metainfo {
+        ssl_cert,
         info_hash,
         name,
         piece_length,

@@ -14,12 +14,12 @@ use std::time::Duration;
 use bendy::decoding::{Decoder as BDecoder, Object};
 use bendy::encoding::{Encoder as BEncoder, SingleItemEncoder};
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::codec::{put_piece_header, BlockRef, Handshake, Message, HANDSHAKE_LEN};
+use super::stream::{PeerStream, PeerWriter};
 use crate::metainfo::BLOCK_SIZE;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,7 +40,7 @@ const MIN_UPLOAD_BATCH: usize = 64 * 1024;
 const NOTSENT_LOWAT: u32 = 128 * 1024;
 
 /// Socket options for peer connections.
-fn tune(stream: &TcpStream) -> io::Result<()> {
+pub fn tune(stream: &TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
     // Best effort: not every kernel has it.
     let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(NOTSENT_LOWAT);
@@ -59,27 +59,43 @@ pub enum ConnectError {
     WrongInfoHash,
     #[error("connected to ourselves")]
     OwnPeerId,
+    #[error("TLS: {0}")]
+    Tls(io::Error),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
 
 /// An established, handshaken connection.
 pub struct Connected {
-    pub stream: TcpStream,
+    pub stream: PeerStream,
     pub addr: SocketAddr,
     pub remote: Handshake,
 }
 
-/// Dials `addr` and exchanges handshakes for `info_hash`.
+/// Dials `addr` and exchanges handshakes for `info_hash`; over TLS (an
+/// SSL torrent) when `tls` is given, naming the torrent in SNI.
 pub async fn dial(
     addr: SocketAddr,
     info_hash: [u8; 20],
     peer_id: [u8; 20],
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<Connected, ConnectError> {
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::ConnectTimeout)??;
-    tune(&stream)?;
+    tune(&tcp)?;
+    let mut stream = match tls {
+        None => PeerStream::Plain(tcp),
+        Some(cfg) => {
+            let connect =
+                tokio_rustls::TlsConnector::from(cfg).connect(super::tls::sni(&info_hash), tcp);
+            let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
+                .await
+                .map_err(|_| ConnectError::HandshakeTimeout)?
+                .map_err(ConnectError::Tls)?;
+            PeerStream::Client(Box::new(s))
+        }
+    };
     let ours = Handshake::new(info_hash, peer_id);
     let remote = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         stream.write_all(&ours.to_bytes()).await?;
@@ -113,7 +129,9 @@ pub async fn dial(
 }
 
 /// Reads the first 48 bytes of an incoming handshake (up to the info-hash).
-pub async fn accept_prefix(stream: &mut TcpStream) -> Result<([u8; 8], [u8; 20]), ConnectError> {
+pub async fn accept_prefix<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<([u8; 8], [u8; 20]), ConnectError> {
     let mut buf = [0u8; 48];
     tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(&mut buf))
         .await
@@ -123,13 +141,12 @@ pub async fn accept_prefix(stream: &mut TcpStream) -> Result<([u8; 8], [u8; 20])
 
 /// Answers an incoming handshake whose prefix was read with [`accept_prefix`].
 pub async fn accept_finish(
-    mut stream: TcpStream,
+    mut stream: PeerStream,
     addr: SocketAddr,
     reserved: [u8; 8],
     info_hash: [u8; 20],
     peer_id: [u8; 20],
 ) -> Result<Connected, ConnectError> {
-    tune(&stream)?;
     let remote_id = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         stream
             .write_all(&Handshake::new(info_hash, peer_id).to_bytes())
@@ -281,7 +298,7 @@ pub struct WriterCounters {
 /// Returns at once when `stop` fires, dropping whatever is still queued: a
 /// stopped session must not keep reading its files for a peer.
 pub async fn run_writer(
-    w: OwnedWriteHalf,
+    w: PeerWriter,
     rx: mpsc::UnboundedReceiver<Outgoing>,
     reader: Arc<dyn BlockReader>,
     limiters: Vec<Arc<Limiter>>,
@@ -296,7 +313,7 @@ pub async fn run_writer(
 }
 
 async fn write_loop(
-    mut w: OwnedWriteHalf,
+    mut w: PeerWriter,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     reader: Arc<dyn BlockReader>,
     limiters: Vec<Arc<Limiter>>,
@@ -444,18 +461,19 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             for _ in 0..2 {
-                let (mut s, a) = listener.accept().await.unwrap();
+                let (s, a) = listener.accept().await.unwrap();
+                let mut s = PeerStream::Plain(s);
                 let (reserved, _ih) = accept_prefix(&mut s).await.unwrap();
                 // Answer with a different info-hash the first time, our own id the second.
                 let _ = accept_finish(s, a, reserved, [9; 20], [1; 20]).await;
             }
         });
         assert!(matches!(
-            dial(addr, [1; 20], [2; 20]).await,
+            dial(addr, [1; 20], [2; 20], None).await,
             Err(ConnectError::WrongInfoHash)
         ));
         assert!(matches!(
-            dial(addr, [9; 20], [1; 20]).await,
+            dial(addr, [9; 20], [1; 20], None).await,
             Err(ConnectError::OwnPeerId)
         ));
     }

@@ -5,5 +5,7 @@
 pub mod codec;
 pub mod connection;
 pub mod pex;
+pub mod stream;
+pub mod tls;
 
 pub use codec::{BlockRef, Handshake, Message, PeerCodec};

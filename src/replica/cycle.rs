@@ -40,10 +40,11 @@ impl Replica {
         url: &str,
         limit: Duration,
     ) -> Result<Option<T>, CycleError> {
-        let mut r = self
-            .http
-            .get(url)
-            .timeout(limit)
+        let mut get = self.http.get(url).timeout(limit);
+        if let Some(t) = &self.cfg.security.swarm_token {
+            get = get.bearer_auth(t);
+        }
+        let mut r = get
             .send()
             .await
             .map_err(|e| CycleError::Unreachable(crate::util::error_chain(&e)))?;
@@ -166,7 +167,8 @@ impl Replica {
             version: v.version,
             message,
         };
-        let bytes = crate::source::fetch_bytes(&self.http, &v.torrent_url)
+        let token = self.cfg.security.swarm_token.as_deref();
+        let bytes = crate::source::fetch_bytes(&self.http, &v.torrent_url, token)
             .await
             .map_err(|e| torrent_err(e.to_string()))?;
         let meta = Metainfo::from_bytes(&bytes).map_err(|e| torrent_err(e.to_string()))?;

@@ -30,6 +30,7 @@ mod cycle;
 pub mod error;
 pub mod fetcher;
 mod follow;
+mod gate;
 pub mod layout;
 pub mod manifest;
 pub mod plan;
@@ -69,6 +70,8 @@ pub enum ReplicaError {
     Locked(#[from] crate::util::LockError),
     #[error("{0}")]
     Engine(#[from] crate::swarm::EngineError),
+    #[error("tls_ca: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The live version.

@@ -116,13 +116,11 @@ impl Replica {
             active_version: Option<u64>,
         }
         let url = format!("{}/replicas/report", self.cfg.master_url);
-        let resp = self
-            .http
-            .post(url)
-            .json(r)
-            .timeout(REPORT_TIMEOUT)
-            .send()
-            .await?;
+        let mut post = self.http.post(url).json(r).timeout(REPORT_TIMEOUT);
+        if let Some(t) = &self.cfg.security.swarm_token {
+            post = post.bearer_auth(t);
+        }
+        let resp = post.send().await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(false);
         }

@@ -26,6 +26,7 @@ pub enum Lever {
 
 pub struct ReplicaSet {
     pub engine: Engine,
+    security: crate::config::security::Security,
     /// In name order; at least one.
     replicas: Vec<Arc<Replica>>,
     metrics: Metrics,
@@ -46,11 +47,29 @@ impl ReplicaSet {
             .iter()
             .map(|c| Replica::lock(c.clone()))
             .collect::<Result<Vec<_>, _>>()?;
+        let roots = match &cfg.security.tls_ca {
+            Some(ca) => crate::tls::load_certs(ca)?,
+            None => Vec::new(),
+        };
+        let master_url = cfg
+            .indexes
+            .first()
+            .map(|i| i.master_url.clone())
+            .unwrap_or_default();
+        let gate = super::gate::MemberGate::new(
+            crate::swarm::http_client(&roots),
+            master_url,
+            cfg.security.clone(),
+        );
         let engine = Engine::start(EngineConfig {
             listen: cfg.peer_listen,
             upload_limit: cfg.upload_limit,
             download_limit: cfg.download_limit,
             max_connections: cfg.limits.max_connections,
+            gate: Some(Arc::new(gate)),
+            swarm_token: cfg.security.swarm_token.clone(),
+            http_roots: roots,
+            identity: cfg.security.identity()?,
         })
         .await?;
         let mut replicas = Vec::new();
@@ -58,10 +77,16 @@ impl ReplicaSet {
             replicas.push(Replica::start(l, engine.clone()).await);
         }
         Ok(Arc::new(ReplicaSet {
+            security: cfg.security.clone(),
             engine,
             replicas,
             metrics: Metrics::new(),
         }))
+    }
+
+    /// Tokens, peer allow-list, TLS.
+    pub fn security(&self) -> &crate::config::security::Security {
+        &self.security
     }
 
     pub fn replicas(&self) -> &[Arc<Replica>] {

@@ -36,10 +36,21 @@ pub use session::{
 };
 
 use crate::metainfo::{InfoHash, Metainfo};
-use crate::peer::connection::{accept_finish, accept_prefix, limiter, Limiter};
+use crate::peer::connection::{
+    accept_finish, accept_prefix, limiter, tune, ConnectError, Limiter, HANDSHAKE_TIMEOUT,
+};
+use crate::peer::stream::PeerStream;
+
+/// The first byte of a TLS record carrying a handshake (a ClientHello);
+/// a BitTorrent handshake starts with 19.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// An incoming connection read up to its torrent: the stream, the session,
+/// the handshake's reserved bytes and info-hash.
+type Incoming = (PeerStream, Arc<Session>, [u8; 8], [u8; 20]);
 pub use crate::storage::Mode;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineConfig {
     /// Where to accept peer connections (port 0 picks a free port).
     pub listen: SocketAddr,
@@ -48,6 +59,15 @@ pub struct EngineConfig {
     pub download_limit: u64,
     /// Peer connections across every torrent of the process.
     pub max_connections: usize,
+    /// Who may connect to the peer port, decided per torrent after the
+    /// peer names it and before we answer (`None`: anyone).
+    pub gate: Option<Arc<dyn PeerGate>>,
+    /// A closed swarm's token, sent with every announce.
+    pub swarm_token: Option<String>,
+    /// Extra roots for `https://` trackers and masters (the deployment CA).
+    pub http_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// This node's certificate for SSL torrents (`tls_cert`, `tls_key`).
+    pub identity: Option<Arc<crate::peer::tls::PeerIdentity>>,
 }
 
 impl Default for EngineConfig {
@@ -57,8 +77,40 @@ impl Default for EngineConfig {
             upload_limit: 0,
             download_limit: 0,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            gate: None,
+            swarm_token: None,
+            http_roots: Vec::new(),
+            identity: None,
         }
     }
+}
+
+/// Decides whether `ip` may exchange data for `info_hash` (a closed swarm:
+/// only peers that announced with the token, plus an allow-list). Asked
+/// once per incoming connection, after the peer's handshake names the
+/// torrent and before we send anything: a refused stranger gets no
+/// handshake, no bitfield, no piece.
+pub trait PeerGate: Send + Sync {
+    fn admits(
+        &self,
+        info_hash: InfoHash,
+        ip: std::net::IpAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>;
+}
+
+/// An HTTP client for trackers and masters: our user agent, the system's
+/// roots plus `extra` (a deployment CA), no redirects off the first host.
+pub fn http_client(extra: &[rustls_pki_types::CertificateDer<'static>]) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .user_agent(concat!("indexswarm/", env!("CARGO_PKG_VERSION")))
+        .redirect(crate::source::same_origin_redirects())
+        .use_rustls_tls();
+    for c in extra {
+        if let Ok(cert) = reqwest::Certificate::from_der(c) {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    b.build().unwrap_or_default()
 }
 
 /// Defaults of the connection limits (documented in `config/*.toml`).
@@ -139,6 +191,15 @@ pub enum EngineError {
     Duplicate(InfoHash),
     #[error("engine is shut down")]
     Stopped,
+    #[error(
+        "torrent {0} is an SSL torrent: peers speak TLS, so this node needs tls_cert and tls_key"
+    )]
+    NeedsIdentity(InfoHash),
+    #[error("torrent {hash}: its ssl-cert is unusable: {source}")]
+    SslCert {
+        hash: InfoHash,
+        source: crate::tls::TlsError,
+    },
 }
 
 pub(crate) struct EngineInner {
@@ -148,6 +209,9 @@ pub(crate) struct EngineInner {
     pub up: Option<Arc<Limiter>>,
     pub down: Option<Arc<Limiter>>,
     pub http: reqwest::Client,
+    pub gate: Option<Arc<dyn PeerGate>>,
+    pub swarm_token: Option<String>,
+    pub identity: Option<Arc<crate::peer::tls::PeerIdentity>>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub hash_sem: Arc<Semaphore>,
@@ -209,11 +273,10 @@ impl Engine {
             sessions: Mutex::new(HashMap::new()),
             up: limiter(cfg.upload_limit),
             down: limiter(cfg.download_limit),
-            http: reqwest::Client::builder()
-                .user_agent(concat!("indexswarm/", env!("CARGO_PKG_VERSION")))
-                .redirect(crate::source::same_origin_redirects())
-                .build()
-                .unwrap_or_default(),
+            http: http_client(&cfg.http_roots),
+            gate: cfg.gate.clone(),
+            swarm_token: cfg.swarm_token.clone(),
+            identity: cfg.identity.clone(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             hash_sem: Arc::new(Semaphore::new(cores)),
@@ -263,36 +326,123 @@ impl Engine {
     }
 
     /// An incoming connection: handshake (bounded in number and time),
-    /// find its torrent, make room under the process-wide cap, hand it over.
-    fn on_incoming(&self, mut stream: tokio::net::TcpStream, addr: SocketAddr) {
+    /// find its torrent, ask the gate, make room under the process-wide
+    /// cap, hand it over.
+    fn on_incoming(&self, stream: tokio::net::TcpStream, addr: SocketAddr) {
         let Ok(permit) = self.inner.handshakes.clone().try_acquire_owned() else {
             debug!(peer = %addr, "too many connections handshaking; closed");
             return;
         };
         let e = self.clone();
         self.inner.tasks.spawn(async move {
-            let (reserved, ih) = match accept_prefix(&mut stream).await {
-                Ok(v) => v,
-                Err(err) => {
+            let opened =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, e.open_incoming(stream, addr)).await;
+            let (ps, session, reserved, ih) = match opened {
+                Ok(Ok(Some(v))) => v,
+                Ok(Ok(None)) => return,
+                Ok(Err(err)) => {
                     debug!(peer = %addr, "incoming handshake failed: {err}");
                     return;
                 }
-            };
-            let session = e.inner.sessions.lock().get(&InfoHash(ih)).cloned();
-            let Some(session) = session else {
-                debug!(peer = %addr, info_hash = %hex::encode(ih), "incoming peer wants an unknown torrent");
-                return;
+                Err(_) => {
+                    debug!(peer = %addr, "incoming handshake timed out");
+                    return;
+                }
             };
             if !session.accepting() || !e.make_room() {
                 return;
             }
-            let r = accept_finish(stream, addr, reserved, ih, e.inner.peer_id).await;
+            let r = accept_finish(ps, addr, reserved, ih, e.inner.peer_id).await;
             drop(permit);
             match r {
                 Ok(conn) => session.start_peer(conn, None),
                 Err(err) => debug!(peer = %addr, "incoming handshake failed: {err}"),
             }
         });
+    }
+
+    /// Reads an incoming connection up to the torrent it asks for: TLS
+    /// (an SSL torrent, named in SNI) when it opens with a ClientHello,
+    /// else a plain BitTorrent handshake. `None` when it is refused: an
+    /// unknown torrent, plaintext for an SSL torrent, or the gate's no.
+    async fn open_incoming(
+        &self,
+        stream: tokio::net::TcpStream,
+        addr: SocketAddr,
+    ) -> Result<Option<Incoming>, ConnectError> {
+        let _ = tune(&stream);
+        let mut first = [0u8; 1];
+        stream.peek(&mut first).await?;
+        if first[0] != TLS_HANDSHAKE {
+            let mut ps = PeerStream::Plain(stream);
+            let (reserved, ih) = accept_prefix(&mut ps).await?;
+            let Some(session) = self.known_session(ih, addr, false) else {
+                return Ok(None);
+            };
+            if !self.admits(ih, addr).await {
+                return Ok(None);
+            }
+            return Ok(Some((ps, session, reserved, ih)));
+        }
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+                .await
+                .map_err(ConnectError::Tls)?;
+        let named = start.client_hello().server_name().and_then(|n| {
+            let mut ih = [0u8; 20];
+            hex::decode_to_slice(n, &mut ih).ok().map(|()| ih)
+        });
+        let Some(ih) = named else {
+            debug!(peer = %addr, "TLS without a torrent's info-hash in SNI; closed");
+            return Ok(None);
+        };
+        let Some(session) = self.known_session(ih, addr, true) else {
+            return Ok(None);
+        };
+        if !self.admits(ih, addr).await {
+            return Ok(None);
+        }
+        let Some(tls) = session.tls().cloned() else {
+            return Ok(None);
+        };
+        let s = start
+            .into_stream(tls.server.clone())
+            .await
+            .map_err(ConnectError::Tls)?;
+        let mut ps = PeerStream::Server(Box::new(s));
+        let (reserved, asked) = accept_prefix(&mut ps).await?;
+        if asked != ih {
+            return Err(ConnectError::WrongInfoHash);
+        }
+        Ok(Some((ps, session, reserved, ih)))
+    }
+
+    /// The session for `ih` if it runs and speaks TLS exactly when `tls`.
+    fn known_session(&self, ih: [u8; 20], addr: SocketAddr, tls: bool) -> Option<Arc<Session>> {
+        let session = self.inner.sessions.lock().get(&InfoHash(ih)).cloned();
+        match session {
+            None => {
+                debug!(peer = %addr, info_hash = %hex::encode(ih), "incoming peer wants an unknown torrent");
+                None
+            }
+            Some(s) if s.tls().is_some() != tls => {
+                debug!(peer = %addr, info_hash = %hex::encode(ih), tls, "wrong transport for this torrent (SSL torrents are TLS only); closed");
+                None
+            }
+            Some(s) => Some(s),
+        }
+    }
+
+    /// The gate's decision (anyone when there is none).
+    async fn admits(&self, ih: [u8; 20], addr: SocketAddr) -> bool {
+        let Some(gate) = &self.inner.gate else {
+            return true;
+        };
+        let ok = gate.admits(InfoHash(ih), addr.ip()).await;
+        if !ok {
+            debug!(peer = %addr, info_hash = %hex::encode(ih), "not a member of this closed swarm; closed before answering");
+        }
+        ok
     }
 
     /// At the process-wide cap, closes the least useful evictable
@@ -333,7 +483,24 @@ impl Engine {
         if sessions.contains_key(&meta.info_hash) {
             return Err(EngineError::Duplicate(meta.info_hash));
         }
-        let s = Session::start(self.inner.clone(), meta, parent, opts);
+        let tls = match &meta.ssl_cert {
+            None => None,
+            Some(ca) => {
+                let id = self
+                    .inner
+                    .identity
+                    .as_ref()
+                    .ok_or(EngineError::NeedsIdentity(meta.info_hash))?;
+                let t = crate::peer::tls::torrent_tls(ca, id).map_err(|source| {
+                    EngineError::SslCert {
+                        hash: meta.info_hash,
+                        source,
+                    }
+                })?;
+                Some(Arc::new(t))
+            }
+        };
+        let s = Session::start(self.inner.clone(), meta, parent, opts, tls);
         sessions.insert(s.info_hash(), s.clone());
         Ok(s)
     }

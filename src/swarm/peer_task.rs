@@ -28,7 +28,7 @@ pub(crate) async fn run(
     counters: Arc<WriterCounters>,
     kill: CancellationToken,
 ) {
-    let (r, w) = conn.stream.into_split();
+    let (r, w) = conn.stream.split();
     let (storage, up_limiters, uploaded) = session.writer_inputs();
     let writer_kill = kill.clone();
     let mut writer = tokio::spawn(

@@ -39,18 +39,28 @@ pub async fn announce(
     url: &str,
     req: &AnnounceRequest,
 ) -> Result<AnnounceResponse, AnnounceError> {
+    announce_with_token(http, url, req, None).await
+}
+
+/// [`announce`], with a closed swarm's token in `Authorization: Bearer`.
+pub async fn announce_with_token(
+    http: &reqwest::Client,
+    url: &str,
+    req: &AnnounceRequest,
+    token: Option<&str>,
+) -> Result<AnnounceResponse, AnnounceError> {
     let sep = if url.contains('?') { '&' } else { '?' };
     let full = format!("{url}{sep}{}", req.to_query());
     let http_err = |source| AnnounceError::Http {
         url: url.to_string(),
         source,
     };
-    let mut resp = http
-        .get(&full)
-        .timeout(Duration::from_secs(15))
-        .send()
-        .await
-        .map_err(http_err)?;
+    let mut get = http.get(&full).timeout(Duration::from_secs(15));
+    if let Some(t) = token {
+        // A closed swarm's token: in a header, never in the URL (logs).
+        get = get.bearer_auth(t);
+    }
+    let mut resp = get.send().await.map_err(http_err)?;
     if !resp.status().is_success() {
         return Err(AnnounceError::Status {
             url: url.to_string(),
@@ -89,6 +99,8 @@ pub struct AnnounceConfig {
     pub peer_id: [u8; 20],
     pub port: u16,
     pub numwant: u32,
+    /// A closed swarm's token, sent as `Authorization: Bearer`.
+    pub token: Option<String>,
 }
 
 impl AnnounceConfig {
@@ -175,7 +187,7 @@ pub async fn run_announce_loop(
         let url = &cfg.urls[url_index % cfg.urls.len()];
         let wait = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = announce(&http, url, &req) => match r {
+            r = announce_with_token(&http, url, &req, cfg.token.as_deref()) => match r {
                 Ok(resp) => {
                     debug!(%url, peers = resp.peers.len(), ?event, "announced");
                     signals.set_error(None);
@@ -223,7 +235,12 @@ pub async fn run_announce_loop(
         let s = *stats.borrow();
         let req = cfg.request(s, Event::Stopped, 0);
         let url = &cfg.urls[url_index % cfg.urls.len()];
-        match tokio::time::timeout(Duration::from_secs(3), announce(&http, url, &req)).await {
+        match tokio::time::timeout(
+            Duration::from_secs(3),
+            announce_with_token(&http, url, &req, cfg.token.as_deref()),
+        )
+        .await
+        {
             Ok(Ok(_)) => info!(%url, "sent stopped announce"),
             Ok(Err(e)) => warn!(error = %e, "stopped announce failed"),
             Err(_) => warn!(%url, "stopped announce timed out"),
@@ -294,6 +311,7 @@ mod tests {
             peer_id: [1; 20],
             port: 6999,
             numwant: 10,
+            token: None,
         };
         let (_stats_tx, stats) = watch::channel(TransferStats {
             left: 100,

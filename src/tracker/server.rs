@@ -62,6 +62,10 @@ pub struct TrackerConfig {
     pub max_numwant: u32,
     pub max_peers_per_torrent: usize,
     pub max_torrents: usize,
+    /// Closed swarm: announces and scrapes must carry this token, as
+    /// `Authorization: Bearer <token>` or in the path (`/announce/<token>`,
+    /// for clients that cannot set headers); others get a `failure reason`.
+    pub token: Option<String>,
 }
 
 impl Default for TrackerConfig {
@@ -75,6 +79,7 @@ impl Default for TrackerConfig {
             max_numwant: 200,
             max_peers_per_torrent: 10_000,
             max_torrents: 100_000,
+            token: None,
         }
     }
 }
@@ -504,48 +509,105 @@ pub fn routes(
     tracker: Arc<Tracker>,
 ) -> impl Filter<Extract = (Response<Vec<u8>>,), Error = warp::Rejection> + Clone {
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    let remote = warp::addr::remote();
+    // The HTTP server puts the client's address in each request.
+    let remote = warp::ext::optional::<crate::util::net::RemoteAddr>()
+        .map(|r: Option<crate::util::net::RemoteAddr>| r.map(|r| r.0));
+
+    // The token, from the header or from the path's last segment.
+    let auth = warp::header::optional::<String>("authorization");
+    let in_path = warp::path::param::<String>()
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify();
 
     let t = tracker.clone();
-    let announce = warp::path!("announce")
+    let announce = warp::path("announce")
+        .and(in_path)
+        .and(warp::path::end())
         .and(warp::get())
         .and(raw_query)
         .and(remote)
-        .map(move |q: String, remote: Option<SocketAddr>| {
-            let body = match AnnounceRequest::from_query(&q) {
-                Ok(req) => {
-                    let ip = remote
-                        .map(|r| r.ip())
-                        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-                    match t.announce(&req, ip) {
-                        Ok(resp) => encode_announce(&resp, req.compact, req.no_peer_id),
-                        Err(reason) => {
-                            t.stats.failures.fetch_add(1, Ordering::Relaxed);
-                            failure_body(&reason)
-                        }
-                    }
+        .and(auth)
+        .map(
+            move |path_token: Option<String>,
+                  q: String,
+                  remote: Option<SocketAddr>,
+                  auth: Option<String>| {
+                if !t.token_ok(auth.as_deref(), path_token.as_deref()) {
+                    t.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    return bencode_reply(failure_body(CLOSED));
                 }
+                bencode_reply(announce_body(&t, &q, remote))
+            },
+        );
+
+    let t = tracker;
+    let scrape = warp::path("scrape")
+        .and(in_path)
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(raw_query)
+        .and(auth)
+        .map(
+            move |path_token: Option<String>, q: String, auth: Option<String>| {
+                if !t.token_ok(auth.as_deref(), path_token.as_deref()) {
+                    return bencode_reply(failure_body(CLOSED));
+                }
+                let body = match scrape_hashes(&q) {
+                    Ok(hashes) => encode_scrape(&t.scrape(&hashes)),
+                    Err(reason) => failure_body(&reason),
+                };
+                bencode_reply(body)
+            },
+        );
+
+    announce.or(scrape).unify()
+}
+
+/// The `failure reason` for a request without the swarm's token.
+const CLOSED: &str = "this swarm is closed: announce with its token \
+                      (Authorization: Bearer <token>, or /announce/<token>)";
+
+/// The reply to an announce that passed the token check.
+fn announce_body(t: &Tracker, q: &str, remote: Option<SocketAddr>) -> Vec<u8> {
+    match AnnounceRequest::from_query(q) {
+        Ok(req) => {
+            let ip = remote
+                .map(|r| r.ip())
+                .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+            match t.announce(&req, ip) {
+                Ok(resp) => encode_announce(&resp, req.compact, req.no_peer_id),
                 Err(reason) => {
                     t.stats.failures.fetch_add(1, Ordering::Relaxed);
                     failure_body(&reason)
                 }
-            };
-            bencode_reply(body)
-        });
+            }
+        }
+        Err(reason) => {
+            t.stats.failures.fetch_add(1, Ordering::Relaxed);
+            failure_body(&reason)
+        }
+    }
+}
 
-    let t = tracker;
-    let scrape = warp::path!("scrape")
-        .and(warp::get())
-        .and(raw_query)
-        .map(move |q: String| {
-            let body = match scrape_hashes(&q) {
-                Ok(hashes) => encode_scrape(&t.scrape(&hashes)),
-                Err(reason) => failure_body(&reason),
-            };
-            bencode_reply(body)
-        });
+impl Tracker {
+    /// Does a request carry the swarm's token (when there is one)?
+    fn token_ok(&self, auth: Option<&str>, in_path: Option<&str>) -> bool {
+        let Some(token) = &self.config.token else {
+            return in_path.is_none();
+        };
+        let given = auth
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .map(str::trim)
+            .or(in_path);
+        given.is_some_and(|g| crate::util::net::same_secret(g.as_bytes(), token.as_bytes()))
+    }
 
-    announce.or(scrape).unify()
+    /// Addresses that announced (with the token, in a closed swarm) and
+    /// have not expired: who may connect to the peer port for `h`.
+    pub fn announced_from(&self, h: &InfoHash, ip: IpAddr) -> bool {
+        self.peers(h).iter().any(|p| p.addr.ip() == ip)
+    }
 }
 
 /// A 404 for anything else, so a standalone tracker answers every request.

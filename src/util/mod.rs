@@ -7,12 +7,15 @@
 //! - [`time`]: RFC 3339 timestamps with milliseconds, as every API shows them.
 //! - [`lock`]: one process per data or state directory (`flock`).
 //! - [`errors`]: an error with its whole cause chain on one line.
+//! - [`net`]: CIDR blocks, the client address of an HTTP request,
+//!   constant-time secret comparison.
 //! - [`crash`]: named crash points for fault-injection tests (debug builds only).
 
 pub mod crash;
 pub mod errors;
 pub mod fs;
 pub mod lock;
+pub mod net;
 pub mod time;
 
 pub use self::errors::error_chain;
@@ -33,6 +36,7 @@ mod tests {
             ("errors.rs", include_str!("errors.rs")),
             ("fs.rs", include_str!("fs.rs")),
             ("lock.rs", include_str!("lock.rs")),
+            ("net.rs", include_str!("net.rs")),
             ("time.rs", include_str!("time.rs")),
         ] {
             assert!(!text.contains(needle), "src/util/{name} uses the crate");

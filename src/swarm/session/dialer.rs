@@ -169,7 +169,12 @@ impl Session {
     async fn dial_one(self: Arc<Self>, addr: SocketAddr) {
         let r = tokio::select! {
             _ = self.cancel.cancelled() => return,
-            r = dial(addr, self.meta.info_hash.0, self.engine.peer_id) => r,
+            r = dial(
+                addr,
+                self.meta.info_hash.0,
+                self.engine.peer_id,
+                self.tls.as_ref().map(|t| t.client.clone()),
+            ) => r,
         };
         match r {
             Ok(conn) => {

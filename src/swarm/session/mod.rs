@@ -72,6 +72,8 @@ pub struct Session {
     finalizing: AtomicBool,
     /// Shared with the announce loop: "announce now" and its last error.
     announce: Arc<AnnounceSignals>,
+    /// An SSL torrent's TLS (its `ssl-cert` as the only root, our identity).
+    tls: Option<Arc<crate::peer::tls::TorrentTls>>,
 }
 
 fn limiters(own: u64, engine: &Option<Arc<Limiter>>) -> Vec<Arc<Limiter>> {
@@ -82,11 +84,19 @@ fn limiters(own: u64, engine: &Option<Arc<Limiter>>) -> Vec<Arc<Limiter>> {
 }
 
 impl Session {
+    /// An SSL torrent's TLS, if this is one.
+    pub(crate) fn tls(&self) -> Option<&Arc<crate::peer::tls::TorrentTls>> {
+        self.tls.as_ref()
+    }
+}
+
+impl Session {
     pub(crate) fn start(
         engine: Arc<EngineInner>,
         meta: Arc<Metainfo>,
         parent: PathBuf,
         opts: SessionOptions,
+        tls: Option<Arc<crate::peer::tls::TorrentTls>>,
     ) -> Arc<Session> {
         let storage = Arc::new(match &opts.content_dir {
             Some(root) => Storage::with_root(meta.clone(), root, opts.mode),
@@ -101,6 +111,7 @@ impl Session {
         });
         let cancel = engine.shutdown.child_token();
         let s = Arc::new(Session {
+            tls,
             up_limiters: limiters(opts.upload_limit, &engine.up),
             down_limiters: limiters(opts.download_limit, &engine.down),
             engine,
@@ -443,6 +454,7 @@ impl Session {
                 peer_id: self.engine.peer_id,
                 port: self.engine.local_addr.port(),
                 numwant: 80,
+                token: self.engine.swarm_token.clone(),
             };
             let http = self.engine.http.clone();
             let stats = self.stats_tx.subscribe();
