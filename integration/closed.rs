@@ -14,6 +14,8 @@ use indexswarm::metainfo::Metainfo;
 use crate::common::*;
 use crate::replica::{start_replica, Master, MB, REPLICATE};
 
+mod tls;
+
 const SWARM: &str = "swarm-secret-1";
 const API: &str = "api-secret-2";
 const METRICS: &str = "metrics-secret-3";
