@@ -283,6 +283,10 @@ enum Answer {
     Torrent(Vec<u8>),
     /// `302 Found` to this URL.
     Redirect(String),
+    /// 200 with this many bytes of JSON-looking filler, written as fast as
+    /// the client reads them (until it hangs up); with a `Content-Length`
+    /// when `declared`, else delimited by closing the connection.
+    Endless { len: u64, declared: bool },
     /// The answer after this long (a long poll the master holds).
     Later(Duration, Box<Answer>),
 }
@@ -428,6 +432,28 @@ fn serve_one(
             "text/plain",
             b"",
         ),
+        Answer::Endless { len, declared } => {
+            let length = if declared {
+                format!("Content-Length: {len}\r\n")
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{length}Connection: close\r\n\r\n"
+            );
+            let mut chunk = vec![b' '; 1 << 16];
+            chunk[0] = b'[';
+            let mut sent = 0u64;
+            while sent < len && !stop.load(Ordering::SeqCst) {
+                let n = chunk.len().min((len - sent) as usize);
+                if s.write_all(&chunk[..n]).is_err() {
+                    return;
+                }
+                chunk[0] = b' ';
+                sent += n as u64;
+            }
+        }
         Answer::Later(..) => unreachable!(),
     }
 }
@@ -748,4 +774,101 @@ fn no_redirect_leaves_the_masters_origin() {
     });
     assert_eq!(master.hits_of("/real/1.torrent").len(), 1);
     assert!(elsewhere.targets().is_empty(), "{:?}", elsewhere.targets());
+}
+
+// ---------------------------------------------------------------- huge bodies
+
+/// The peak resident set of a process (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kb * 1024
+}
+
+/// A `/versions/latest` body of 256 MiB took the replica to 533 MB RSS (an
+/// older build). Every body read from the master is capped: the rollout
+/// long poll, `/versions/latest`, the torrent, the report's answer; and a
+/// body that declares a length over its cap is refused before it is read.
+#[test]
+fn huge_bodies_from_the_master_are_cut_off_and_reported() {
+    const HUGE: u64 = 256 << 20;
+    const LIMIT: u64 = 100 << 20;
+    let d = test_dir("huge-bodies");
+    // 0: the rollout view is huge; 1: /versions/latest; 2 and 3: the
+    // torrent. Lengths declared in 0 and 2, not in 1 and 3 (the
+    // connection's end delimits the body).
+    let mode = Arc::new(AtomicU8::new(0));
+    let own_url = Arc::new(std::sync::OnceLock::<String>::new());
+    let (m, own) = (mode.clone(), own_url.clone());
+    let master = StandIn::start(Arc::new(move |h: &Hit| {
+        let mode = m.load(Ordering::SeqCst);
+        let hash = "cd".repeat(20);
+        let torrent_url = format!("{}/versions/1/torrent", own.get().unwrap());
+        let huge = |declared| Answer::Endless {
+            len: HUGE,
+            declared,
+        };
+        match (mode, h.target.split('?').next().unwrap_or_default()) {
+            (_, "/replicas/report") => huge(false),
+            (0, "/rollout") => huge(true),
+            (1, "/versions/latest") => huge(false),
+            (2 | 3, "/versions/latest") => Answer::Json(200, version_json(1, &hash, &torrent_url)),
+            (2, "/versions/1/torrent") => huge(true),
+            (3, "/versions/1/torrent") => huge(false),
+            _ => not_found(),
+        }
+    }));
+    own_url.set(master.url.clone()).unwrap();
+    let r = replica_of(&master.url, d.path(), "replica");
+    let pid = r.proc.pid();
+    let mut before = peak_rss(pid);
+    for (phase, route) in [
+        (0, "/rollout"),
+        (1, "/versions/latest"),
+        (2, "/versions/1/torrent"),
+        (3, "/versions/1/torrent"),
+    ] {
+        mode.store(phase, Ordering::SeqCst);
+        let hits = master.hits_of(route).len();
+        assert_eq!(
+            request("POST", &format!("{}/poll", r.url), None, None).status,
+            202
+        );
+        let mut error = String::new();
+        r.wait_status(
+            Duration::from_secs(60),
+            &format!("the huge {route} reported"),
+            |s| {
+                error = s["last_error"].as_str().unwrap_or_default().to_string();
+                master.hits_of(route).len() > hits
+                    && error.contains(route)
+                    && error.contains("larger than")
+            },
+        );
+        let peak = peak_rss(pid);
+        eprintln!("phase {phase}: {error}; VmHWM {} MiB", peak >> 20);
+        assert!(
+            peak < LIMIT,
+            "a huge {route} took the replica to {} MiB (VmHWM)",
+            peak >> 20
+        );
+        if phase == 2 {
+            // 32 MiB is a torrent's cap: one declared larger is not read.
+            let grew = peak.saturating_sub(before);
+            assert!(
+                grew < 16 << 20,
+                "a torrent declaring {HUGE} bytes was read up to the cap: VmHWM grew {} MiB",
+                grew >> 20
+            );
+        }
+        before = peak;
+    }
+    // The reports' answers were huge all along.
+    assert!(!master.hits_of("/replicas/report").is_empty());
+    let peak = peak_rss(pid);
+    assert!(peak < LIMIT, "VmHWM {} MiB", peak >> 20);
 }

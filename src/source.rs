@@ -1,4 +1,6 @@
-//! Loading a `.torrent` from a path or an `http://` URL, with a size cap.
+//! Loading a `.torrent` from a path or an `http://` URL, with a size cap;
+//! reading any answer with a size cap ([`read_capped`]); the redirect
+//! policy of clients that talk to masters and trackers.
 
 use std::path::Path;
 use std::time::Duration;
@@ -60,12 +62,40 @@ pub async fn fetch_bytes(
     if !resp.status().is_success() {
         return Err(SourceError::Status(url.into(), resp.status().as_u16()));
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(err)? {
-        if body.len() + chunk.len() > MAX_TORRENT_BYTES {
-            return Err(SourceError::TooLarge(url.into()));
+    read_capped(&mut resp, MAX_TORRENT_BYTES)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge { .. } => SourceError::TooLarge(url.into()),
+            BodyError::Http(e) => err(e),
+        })
+}
+
+/// Why a response body was not read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+}
+
+/// Reads a response body of at most `limit` bytes, as every read of a
+/// master's (or tracker's) answer must: a body that declares a longer
+/// length is refused before a byte of it is read, one that turns out
+/// longer as soon as it passes `limit`. Memory stays within `limit`
+/// (plus one chunk), whatever the other side sends.
+pub async fn read_capped(resp: &mut reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let declared = match resp.content_length().map(usize::try_from) {
+        Some(Ok(n)) if n <= limit => n,
+        Some(_) => return Err(BodyError::TooLarge { limit }),
+        None => 0,
+    };
+    let mut body = Vec::with_capacity(declared);
+    while let Some(chunk) = resp.chunk().await? {
+        match body.len().checked_add(chunk.len()) {
+            Some(n) if n <= limit => body.extend_from_slice(&chunk),
+            _ => return Err(BodyError::TooLarge { limit }),
         }
-        body.extend_from_slice(&chunk);
     }
     Ok(body)
 }

@@ -61,13 +61,9 @@ impl Replica {
             url: url.to_string(),
             message,
         };
-        let mut body = Vec::new();
-        while let Some(chunk) = r.chunk().await.map_err(|e| malformed(e.to_string()))? {
-            if body.len() + chunk.len() > MAX_REPLY {
-                return Err(malformed(format!("larger than {MAX_REPLY} bytes")));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = crate::source::read_capped(&mut r, MAX_REPLY)
+            .await
+            .map_err(|e| malformed(e.to_string()))?;
         serde_json::from_slice(&body)
             .map(Some)
             .map_err(|e| malformed(e.to_string()))

@@ -126,13 +126,11 @@ impl Replica {
         }
         // A short answer; anything longer is not read past 4 KiB.
         let mut resp = resp;
-        let mut body = Vec::new();
-        while let Some(c) = resp.chunk().await? {
-            if body.len() + c.len() > 4096 {
-                return Ok(true);
-            }
-            body.extend_from_slice(&c);
-        }
+        let body = match crate::source::read_capped(&mut resp, 4096).await {
+            Ok(body) => body,
+            Err(crate::source::BodyError::TooLarge { .. }) => return Ok(true),
+            Err(crate::source::BodyError::Http(e)) => return Err(e),
+        };
         if let Ok(Answer {
             active_version: Some(a),
         }) = serde_json::from_slice::<Answer>(&body)
