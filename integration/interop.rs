@@ -5,6 +5,7 @@
 //! and `interop/transmission.rs` (in network namespaces).
 
 mod rqbit;
+mod ssl;
 mod transmission;
 
 use std::net::{Ipv4Addr, SocketAddr};

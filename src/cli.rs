@@ -107,6 +107,10 @@ pub struct CreateArgs {
     /// Hashing threads [default: one per core].
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Make an SSL torrent: this root certificate (PEM) goes in the info
+    /// dictionary as ssl-cert; peers then speak TLS with certificates it signed.
+    #[arg(long, value_name = "CA.pem")]
+    pub ssl_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +180,30 @@ pub struct SeedArgs {
     pub peers: Vec<String>,
     #[command(flatten)]
     pub limits: PeerLimits,
+    #[command(flatten)]
+    pub tls: PeerTlsArgs,
+}
+
+/// This node's certificate, for SSL torrents (`seed` and `fetch`).
+#[derive(Debug, Args)]
+pub struct PeerTlsArgs {
+    /// Certificate (PEM, signed by the torrent's ssl-cert CA) for SSL torrents.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl PeerTlsArgs {
+    fn identity(&self) -> Result<Option<std::sync::Arc<crate::peer::tls::PeerIdentity>>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Ok(Some(std::sync::Arc::new(
+                crate::peer::tls::PeerIdentity::load(c, k)?,
+            ))),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Connection limits of `seed` and `fetch` (the sidecars take the same
@@ -224,6 +252,8 @@ pub struct FetchArgs {
     pub stall_secs: u64,
     #[command(flatten)]
     pub limits: PeerLimits,
+    #[command(flatten)]
+    pub tls: PeerTlsArgs,
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -362,12 +392,15 @@ async fn start_engine(
     up: u64,
     down: u64,
     limits: &PeerLimits,
+    tls: &PeerTlsArgs,
 ) -> Result<Engine> {
+    let identity = tls.identity()?;
     let cfg = |listen| EngineConfig {
         listen,
         upload_limit: up,
         download_limit: down,
         max_connections: limits.max_connections,
+        identity: identity.clone(),
         ..EngineConfig::default()
     };
     match listen {
@@ -406,7 +439,7 @@ async fn seed(a: SeedArgs) -> Result<()> {
         bail!("{} does not exist: nothing to seed", root.display());
     }
     let peers = resolve_peers(&a.peers).await?;
-    let engine = start_engine(a.listen, a.upload_limit.0, 0, &a.limits).await?;
+    let engine = start_engine(a.listen, a.upload_limit.0, 0, &a.limits, &a.tls).await?;
     let meta = Arc::new(meta);
     let opts = SessionOptions {
         peers,
@@ -461,7 +494,14 @@ async fn fetch(a: FetchArgs) -> Result<()> {
     if peers.is_empty() && !meta.announce.iter().any(|u| u.starts_with("http")) {
         bail!("the torrent names no HTTP tracker; give peers with --peer HOST:PORT");
     }
-    let engine = start_engine(a.listen, a.upload_limit.0, a.download_limit.0, &a.limits).await?;
+    let engine = start_engine(
+        a.listen,
+        a.upload_limit.0,
+        a.download_limit.0,
+        &a.limits,
+        &a.tls,
+    )
+    .await?;
     let meta = Arc::new(meta);
     let opts = SessionOptions {
         peers,
@@ -660,7 +700,13 @@ async fn create(a: CreateArgs) -> Result<()> {
         threads: a.threads,
         comment: None,
         known: None,
-        ssl_cert: None,
+        ssl_cert: match &a.ssl_cert {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?,
+            ),
+            None => None,
+        },
     };
     let path = a.path.clone();
     // Size the progress bar from a quick scan (metadata only).

@@ -9,6 +9,10 @@ Run with Debian's /usr/bin/python3 (python3-libtorrent lives there).
   lt_peer.py seed T.torrent PARENT --port P [--peer H:P]... [--upload-limit B]
   lt_peer.py leech T.torrent PARENT --port P [--peer H:P]... [--timeout S] [--seed-after] [--report-peers]
 
+seed and leech take --ssl-port P --ssl-cert C --ssl-key K for SSL torrents
+(the torrent's info.ssl-cert is the root): libtorrent then listens for TLS
+peers on P too and presents certificate C.
+
 `seed` runs until killed; `leech` exits 0 once the download is complete and
 prints a JSON line with the time taken. Settings follow
 ../shared/REFERENCE_PEERS.md: uTP off (it crawls on loopback), multiple
@@ -24,10 +28,14 @@ import time
 import libtorrent as lt
 
 
-def session(port, upload_limit=0, download_limit=0, high_performance=True, bind="127.0.0.1"):
+def session(port, upload_limit=0, download_limit=0, high_performance=True, bind="127.0.0.1", ssl_port=0):
     pack = lt.high_performance_seed() if high_performance else lt.default_settings()
+    listen = "%s:%d" % (bind, port)
+    if ssl_port:
+        # An "s" suffix makes a TLS listen socket (SSL torrents).
+        listen += ",%s:%ds" % (bind, ssl_port)
     pack.update({
-        "listen_interfaces": "%s:%d" % (bind, port),
+        "listen_interfaces": listen,
         "enable_outgoing_utp": False,
         "enable_incoming_utp": False,
         "allow_multiple_connections_per_ip": True,
@@ -48,7 +56,7 @@ def session(port, upload_limit=0, download_limit=0, high_performance=True, bind=
     return ses
 
 
-def add(ses, torrent, parent, peers, seed_mode=False):
+def add(ses, torrent, parent, peers, seed_mode=False, ssl=None):
     ti = lt.torrent_info(torrent)
     params = lt.add_torrent_params()
     params.ti = ti
@@ -56,6 +64,9 @@ def add(ses, torrent, parent, peers, seed_mode=False):
     if seed_mode:
         params.flags |= lt.torrent_flags.seed_mode
     h = ses.add_torrent(params)
+    if ssl:
+        # Our certificate for this SSL torrent (no DH file: ECDHE only).
+        h.set_ssl_certificate(ssl[0], ssl[1], "")
     for p in peers:
         host, port = p.rsplit(":", 1)
         h.connect_peer((host, int(port)))
@@ -105,18 +116,23 @@ def cmd_make(a):
     print(str(lt.torrent_info(a.out).info_hashes().v1))
 
 
+def ssl_of(a):
+    return (a.ssl_cert, a.ssl_key) if a.ssl_cert else None
+
+
 def cmd_seed(a):
-    ses = session(a.port, upload_limit=a.upload_limit, bind=a.bind)
-    add(ses, a.torrent, a.parent, a.peer, seed_mode=a.seed_mode)
-    print(json.dumps({"listening": ses.listen_port()}), flush=True)
+    ses = session(a.port, upload_limit=a.upload_limit, bind=a.bind, ssl_port=a.ssl_port)
+    add(ses, a.torrent, a.parent, a.peer, seed_mode=a.seed_mode, ssl=ssl_of(a))
+    print(json.dumps({"listening": ses.listen_port(), "ssl_port": a.ssl_port}), flush=True)
     while True:
         time.sleep(1)
 
 
 def cmd_leech(a):
-    ses = session(a.port, upload_limit=a.upload_limit, download_limit=a.download_limit, bind=a.bind)
+    ses = session(a.port, upload_limit=a.upload_limit, download_limit=a.download_limit, bind=a.bind,
+                  ssl_port=a.ssl_port)
     start = time.time()
-    h = add(ses, a.torrent, a.parent, a.peer)
+    h = add(ses, a.torrent, a.parent, a.peer, ssl=ssl_of(a))
     deadline = start + a.timeout
     last_report = 0.0
     while time.time() < deadline:
@@ -160,6 +176,9 @@ def main():
         s.add_argument("--bind", default="127.0.0.1")
         s.add_argument("--report-peers", action="store_true",
                        help="leech: print the connected peers (and whether PEX named them) twice a second")
+        s.add_argument("--ssl-port", type=int, default=0, help="also listen for TLS peers here (SSL torrents)")
+        s.add_argument("--ssl-cert", help="our certificate for SSL torrents (PEM)")
+        s.add_argument("--ssl-key", help="its private key (PEM)")
     a = p.parse_args()
     return {"info": cmd_info, "check": cmd_check, "make": cmd_make, "seed": cmd_seed, "leech": cmd_leech}[a.cmd](a) or 0
 
