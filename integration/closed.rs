@@ -219,3 +219,58 @@ fn strangers_on_the_peer_port_get_no_handshake_bitfield_or_piece() {
 fn percent(b: &[u8]) -> String {
     b.iter().map(|c| format!("%{c:02X}")).collect()
 }
+
+/// Opens `n` connections from 127.0.0.2 that send half a request, to be
+/// trickled a byte at a time: a slowloris. Returns the streams.
+fn half_sent(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .filter_map(|_| {
+            let mut s = stranger(addr);
+            s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+            s.write_all(b"GET /versions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .ok()?;
+            Some(s)
+        })
+        .collect()
+}
+
+#[test]
+fn half_sent_requests_are_cut_and_the_api_keeps_answering() {
+    let d = test_dir("slowloris");
+    let m = Master::start(d.path(), &[]);
+    let addr: SocketAddr = m.url.trim_start_matches("http://").parse().unwrap();
+    // More than the per-address cap (128): the rest are closed at once. A
+    // client from another address is not affected.
+    let mut slow = half_sent(addr, 300);
+    let started = std::time::Instant::now();
+    // While they trickle, a normal client still gets its answer.
+    let mut served = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        for s in slow.iter_mut() {
+            let _ = s.write_all(b"a");
+        }
+        let r = request("GET", &format!("{}/healthz", m.url), None, None);
+        if r.status == 200 {
+            served += 1;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(served > 0, "/healthz never answered during the flood");
+    // Within the header timeout (10 s) every trickler is closed.
+    wait_until(
+        Duration::from_secs(30),
+        "every half-sent request closed",
+        || {
+            slow.iter_mut().all(|s| {
+                let _ = s.write_all(b"a");
+                let mut b = [0u8; 512];
+                matches!(s.read(&mut b), Ok(0) | Err(_)) && s.write_all(b"a").is_err()
+                    || matches!(s.read(&mut b), Ok(0))
+            })
+        },
+    );
+    assert_eq!(
+        request("GET", &format!("{}/healthz", m.url), None, None).status,
+        200
+    );
+}

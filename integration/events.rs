@@ -188,3 +188,22 @@ fn demo_serve_keeps_publishing_until_stopped() {
     );
     assert!(rest.contains("stopping at version"), "{rest}");
 }
+
+#[test]
+fn an_open_event_stream_does_not_keep_the_master_from_stopping() {
+    let d = test_dir("events-stop");
+    let mut m = Master::start(d.path(), &[]);
+    let mut feed = Feed::open(&m.url);
+    feed.until(START, "the first event", |n, _| {
+        n == "rollout" || n == "traffic"
+    });
+    let stopped = Instant::now();
+    m.proc.signal("TERM");
+    let status = m.proc.wait(Duration::from_secs(30));
+    assert!(status.success(), "SIGTERM: {status}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(15),
+        "the master took {:?} to stop with a dashboard open",
+        stopped.elapsed()
+    );
+}
