@@ -872,3 +872,137 @@ fn huge_bodies_from_the_master_are_cut_off_and_reported() {
     let peak = peak_rss(pid);
     assert!(peak < LIMIT, "VmHWM {} MiB", peak >> 20);
 }
+
+// ---------------------------------------------------------------- symlinks in published snapshots
+
+/// Where file `path` starts in `meta`'s piece space: its piece.
+fn first_piece_of(meta: &indexswarm::metainfo::Metainfo, path: &str) -> u32 {
+    let mut offset = 0u64;
+    for f in &meta.files {
+        if f.path.join("/") == path {
+            assert_eq!(offset % meta.piece_length, 0, "{path} starts a piece");
+            return (offset / meta.piece_length) as u32;
+        }
+        offset += f.length;
+    }
+    panic!("{path} is not in the torrent")
+}
+
+/// Asks the peer at `port` for the first block of `piece` as a plain
+/// BitTorrent leecher; returns the bytes it sent (empty when it sent none
+/// before closing, refusing or 20 s passing).
+fn request_block(port: u16, info_hash: [u8; 20], num_pieces: u32, piece: u32) -> Vec<u8> {
+    use futures::{SinkExt, StreamExt};
+    use indexswarm::peer::{BlockRef, Handshake, Message, PeerCodec};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("the master's peer port");
+        let mut id = *b"-TS0001-000000000000";
+        id[8] = piece as u8;
+        s.write_all(&Handshake::new(info_hash, id).to_bytes())
+            .await
+            .unwrap();
+        let mut reply = [0u8; 68];
+        if tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut reply))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .is_none()
+        {
+            return Vec::new();
+        }
+        let mut peer = tokio_util::codec::Framed::new(s, PeerCodec::new(num_pieces));
+        peer.send(Message::Interested).await.unwrap();
+        let block = BlockRef {
+            piece,
+            begin: 0,
+            len: 16 * 1024,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let next = tokio::time::timeout_at(deadline, peer.next()).await;
+            match next {
+                Ok(Some(Ok(Message::Unchoke))) => {
+                    if peer.send(Message::Request(block)).await.is_err() {
+                        return Vec::new();
+                    }
+                }
+                Ok(Some(Ok(Message::Piece { data, .. }))) => return data.to_vec(),
+                Ok(Some(Ok(Message::Reject(_)))) => return Vec::new(),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) | Err(_) => return Vec::new(),
+            }
+        }
+    })
+}
+
+/// The master's read-only storage followed symlinks: a published file
+/// swapped for a symlink to a secret elsewhere had the secret served to
+/// any peer. Published files are opened with `O_NOFOLLOW`.
+#[test]
+fn a_published_file_swapped_for_a_symlink_is_never_served() {
+    let d = test_dir("symlink-swap");
+    let mut m = crate::replica::Master::start(d.path(), &[]);
+    m.publish("s1", |dir| {
+        write_tree(dir, &[("other.fdt", 300_000), ("seg.cfs", 300_000)], 11)
+    });
+    let meta = indexswarm::metainfo::Metainfo::from_bytes(&m.torrent_bytes(1)).unwrap();
+    let n = meta.num_pieces();
+    let ih = meta.info_hash.0;
+
+    // The raw peer gets a block of an untouched file (it works).
+    let other = first_piece_of(&meta, "other.fdt");
+    let got = request_block(m.peer_port, ih, n, other);
+    let published = std::fs::read(m.snapshot(1).join("other.fdt")).unwrap();
+    assert!(
+        !got.is_empty() && published.starts_with(&got),
+        "the master serves a published block: got {} bytes",
+        got.len()
+    );
+
+    // seg.cfs becomes a symlink to a secret of the same size.
+    let secret = d.path().join("secret.bin");
+    let pattern = b"TOP-SECRET-PAYROLL ";
+    let bytes: Vec<u8> = pattern.iter().cycle().take(300_000).copied().collect();
+    std::fs::write(&secret, &bytes).unwrap();
+    let seg = m.snapshot(1).join("seg.cfs");
+    let link = m.snapshot(1).join(".seg.cfs.swap");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    std::fs::rename(&link, &seg).unwrap();
+
+    let got = request_block(m.peer_port, ih, n, first_piece_of(&meta, "seg.cfs"));
+    assert!(
+        !got.windows(pattern.len()).any(|w| w == pattern),
+        "the master served the symlink's target: {:?}",
+        String::from_utf8_lossy(&got[..got.len().min(60)])
+    );
+    assert!(
+        got.is_empty(),
+        "nothing of seg.cfs is served: {} bytes",
+        got.len()
+    );
+
+    // And the master withdraws the version.
+    crate::replica::wait_or(
+        Duration::from_secs(60),
+        "version 1 withdrawn",
+        || {
+            get_json(&format!("{}/versions", m.url))
+                .is_some_and(|v| v.as_array().is_some_and(|a| a.is_empty()))
+        },
+        || {
+            format!(
+                "{}\n{}",
+                get_json(&format!("{}/status", m.url)).unwrap_or_default(),
+                tail(&m.proc.stderr_text())
+            )
+        },
+    );
+    eprintln!("{}", tail(&m.proc.stderr_text()));
+}

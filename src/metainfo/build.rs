@@ -172,9 +172,10 @@ pub fn build(path: &Path, opts: &BuildOptions, progress: &AtomicU64) -> Result<B
         source,
     };
     let md = std::fs::metadata(path).map_err(io_err)?;
-    let default_name = path
-        .canonicalize()
-        .map_err(io_err)?
+    // What a symlink given on the command line names: the files are read
+    // without following links.
+    let real = path.canonicalize().map_err(io_err)?;
+    let default_name = real
         .file_name()
         .and_then(|n| n.to_str())
         .map(str::to_string)
@@ -225,7 +226,7 @@ pub fn build(path: &Path, opts: &BuildOptions, progress: &AtomicU64) -> Result<B
             pad: false,
         });
         paths.push(if single {
-            path.to_path_buf()
+            real.clone()
         } else {
             s.path.iter().fold(path.to_path_buf(), |p, c| p.join(c))
         });

@@ -58,12 +58,14 @@ impl PieceSource<'_> {
                 continue;
             }
             if open.as_ref().map(|o| o.index) != Some(span.file) {
-                let file = File::open(&self.paths[span.file]).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("{}: {e}", self.paths[span.file].display()),
-                    )
-                })?;
+                // A symlink put in a file's place is refused, not followed.
+                let file =
+                    crate::util::fs::open_no_follow(&self.paths[span.file]).map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("{}: {e}", self.paths[span.file].display()),
+                        )
+                    })?;
                 *open = Some(OpenFile {
                     index: span.file,
                     file,

@@ -10,6 +10,9 @@
 //! nothing is ever created for them. Empty files hold no piece and are
 //! created by [`Storage::finalize`].
 //!
+//! Reads open with `O_NOFOLLOW`: a published (or staged) file replaced by a
+//! symbolic link is an error, never the link's target.
+//!
 //! Copy-on-write: a file we did not create may be a hard link into a live
 //! version (the replica reuses unchanged files that way) or a read-only file
 //! of a finalized version. Before the first write into a file that has
@@ -154,8 +157,11 @@ impl Storage {
         let file = match (self.mode, write) {
             (Mode::ReadOnly, true) => return Err(StorageError::ReadOnly),
             // A read only ever targets data we wrote or found: never create
-            // for it, and never open for writing (the file may be shared).
-            (_, false) => File::open(&slot.path).map_err(Self::io_err(&slot.path))?,
+            // for it, never open for writing (the file may be shared), and
+            // never follow a symlink put in its place.
+            (_, false) => {
+                crate::util::fs::open_no_follow(&slot.path).map_err(Self::io_err(&slot.path))?
+            }
             (Mode::ReadWrite, true) => Self::open_for_write(slot)?,
         };
         let file = Arc::new(file);

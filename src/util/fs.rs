@@ -33,6 +33,18 @@ pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Opens `path` for reading, refusing a symbolic link (`O_NOFOLLOW`: the
+/// open fails with `ELOOP`). Data we publish, seed or verify is only ever
+/// regular files: a file swapped for a symlink after publication must
+/// not make us read (and serve) whatever it points at.
+pub fn open_no_follow(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 /// fsyncs a directory so that entries created, renamed or removed in it
 /// are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -157,6 +169,22 @@ mod tests {
         assert_eq!(names.len(), 1);
         let mode = std::fs::metadata(&p).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o644);
+    }
+
+    #[test]
+    fn open_no_follow_reads_files_and_refuses_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"data").unwrap();
+        std::os::unix::fs::symlink(d.path().join("f"), d.path().join("l")).unwrap();
+        let mut text = String::new();
+        use std::io::Read;
+        open_no_follow(&d.path().join("f"))
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "data");
+        let e = open_no_follow(&d.path().join("l")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
     }
 
     #[test]
