@@ -313,15 +313,7 @@ impl Session {
     fn publish(&self) {
         let st = self.state.lock();
         let (have, bytes_have) = match &st.picker {
-            Some(p) => {
-                let h = p.have();
-                let bytes: u64 = if h.is_full() {
-                    self.meta.total_length
-                } else {
-                    h.ones().map(|i| self.meta.piece_len(i)).sum()
-                };
-                (h.count(), bytes)
-            }
+            Some(p) => (p.have().count(), p.have_bytes()),
             None => (0, 0),
         };
         let p = Progress {

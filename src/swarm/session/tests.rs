@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use sha1::{Digest as _, Sha1};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -96,10 +95,81 @@ fn piece_msg(data: &[u8], b: BlockRef) -> Message {
 
 /// What the verifier would decide for a job, applied to the state.
 fn judge(st: &mut SwarmState, meta: &Metainfo, job: VerifyJob, now: Instant) -> bool {
-    let ok = <[u8; 20]>::from(Sha1::digest(&job.data)) == meta.pieces[job.piece as usize];
+    let ok = super::verify::piece_digest(&job.data, meta.piece_len(job.piece))
+        == meta.pieces[job.piece as usize];
     let digests = (!ok || job.watched).then(|| block_digests(&job.data));
     st.on_verdict(job.piece, ok, job.data, digests, now);
     ok
+}
+
+/// Small files padded to 32 KiB pieces (BEP 47): the padding is never
+/// asked for nor buffered, and every piece verifies with it hashed as the
+/// zeros it is.
+#[test]
+fn padded_pieces_verify_with_their_padding_hashed_as_zeros() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("t");
+    std::fs::create_dir_all(&root).unwrap();
+    for (i, n) in [10_000usize, 40_000, 5_000, 16_384, 20_000]
+        .iter()
+        .enumerate()
+    {
+        let bytes: Vec<u8> = (0..*n).map(|j| (j * 7 + i) as u8 | 1).collect();
+        std::fs::write(root.join(format!("f{i}")), bytes).unwrap();
+    }
+    let opts = BuildOptions {
+        piece_length: Some(32768),
+        align_files: true,
+        ..Default::default()
+    };
+    let meta = Arc::new(
+        build(&root, &opts, &std::sync::atomic::AtomicU64::new(0))
+            .unwrap()
+            .meta,
+    );
+    assert!(meta.files.iter().any(|f| f.pad));
+    // The torrent's bytes, padding included.
+    let mut data = Vec::new();
+    for f in &meta.files {
+        if f.pad {
+            data.resize(data.len() + f.length as usize, 0);
+        } else {
+            data.extend(std::fs::read(root.join(&f.path[0])).unwrap());
+        }
+    }
+    let now = Instant::now();
+    let mut st = downloading(&meta, now);
+    let mut rx = connect(&mut st, 1, now);
+    st.on_message(1, Message::HaveAll, now).unwrap();
+    st.on_message(1, Message::Unchoke, now).unwrap();
+    let (mut asked, mut buffered) = (0u64, 0u64);
+    loop {
+        let reqs = requests(&drain(&mut rx));
+        if reqs.is_empty() {
+            break;
+        }
+        for b in reqs {
+            asked += b.len as u64;
+            if let Some(job) = st.on_message(1, piece_msg(&data, b), now).unwrap() {
+                buffered += job.data.len() as u64;
+                assert!(judge(&mut st, &meta, job, now), "piece {}", b.piece);
+            }
+            st.check_invariants();
+        }
+    }
+    let picker = st.picker.as_ref().unwrap();
+    assert!(picker.is_complete());
+    assert_eq!(picker.have_bytes(), meta.total_length);
+    assert_eq!(st.hash_failures, 0);
+    assert_eq!(
+        buffered,
+        meta.data_length(),
+        "only the files' bytes were buffered"
+    );
+    assert!(
+        asked < meta.total_length,
+        "padding-only blocks never asked for"
+    );
 }
 
 #[test]

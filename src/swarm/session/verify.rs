@@ -128,13 +128,28 @@ impl SwarmState {
     }
 }
 
+/// The SHA-1 of a piece of `piece_len` bytes held as `data`, its bytes up
+/// to its trailing padding: the rest is hashed as the zeros it is.
+pub(super) fn piece_digest(data: &[u8], piece_len: u64) -> [u8; 20] {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let mut h = Sha1::new();
+    h.update(data);
+    let mut pad = piece_len.saturating_sub(data.len() as u64);
+    while pad > 0 {
+        let n = pad.min(ZEROS.len() as u64);
+        h.update(&ZEROS[..n as usize]);
+        pad -= n;
+    }
+    h.finalize().into()
+}
+
 /// Hashes and (when it matches) writes a piece. Runs on a blocking thread.
 fn check_and_write(
     storage: &crate::storage::Storage,
     expected: [u8; 20],
     job: &VerifyJob,
 ) -> (bool, Option<Vec<Digest>>, Result<(), StorageError>) {
-    let ok = <[u8; 20]>::from(Sha1::digest(&job.data)) == expected;
+    let ok = piece_digest(&job.data, storage.meta().piece_len(job.piece)) == expected;
     let digests = (!ok || job.watched).then(|| block_digests(&job.data));
     let written = if ok {
         storage.write_piece(job.piece, &job.data)
