@@ -120,8 +120,6 @@ pub struct Metainfo {
     pub single_file: bool,
     /// Announce URLs, `announce` first, then `announce-list` in tier order, deduplicated.
     pub announce: Vec<String>,
-    /// The exact bytes of the info dictionary.
-    pub info_bytes: Vec<u8>,
     /// An SSL torrent's root certificate (PEM, `info.ssl-cert`): peers
     /// speak TLS and present certificates it signed (libtorrent's SSL torrents).
     pub ssl_cert: Option<String>,

@@ -367,7 +367,6 @@ fn validate(raw: RawTorrent, info_bytes: &[u8], info: RawInfo) -> Result<Metainf
         total_length,
         single_file,
         announce,
-        info_bytes: info_bytes.to_vec(),
     })
 }
 

@@ -70,10 +70,11 @@ struct Handle {
     writable: bool,
 }
 
+/// One entry of the torrent's file list. Its path, length and padding flag
+/// come from the metainfo when needed: a torrent of 50,000 files (and as
+/// many padding entries) costs 32 bytes a slot, not a path each.
+#[derive(Default)]
 struct Slot {
-    path: PathBuf,
-    length: u64,
-    pad: bool,
     handle: Mutex<Option<Handle>>,
     /// Written since the last sync.
     dirty: AtomicBool,
@@ -102,21 +103,7 @@ impl Storage {
     /// version as `versions/<n>.partial/` with the index files at its top).
     /// A single-file torrent's file is `root/<name>`.
     pub fn with_root(meta: Arc<Metainfo>, root: &Path, mode: Mode) -> Storage {
-        let slots = meta
-            .files
-            .iter()
-            .map(|f| Slot {
-                path: if meta.single_file {
-                    root.join(&meta.name)
-                } else {
-                    f.path.iter().fold(root.to_path_buf(), |p, c| p.join(c))
-                },
-                length: f.length,
-                pad: f.pad,
-                handle: Mutex::new(None),
-                dirty: AtomicBool::new(false),
-            })
-            .collect();
+        let slots = meta.files.iter().map(|_| Slot::default()).collect();
         Storage {
             meta,
             root: root.to_path_buf(),
@@ -136,9 +123,32 @@ impl Storage {
         self.root.clone()
     }
 
+    /// Where file `index` lives (padding: nowhere; never opened).
+    fn path(&self, index: usize) -> PathBuf {
+        if self.meta.single_file {
+            self.root.join(&self.meta.name)
+        } else {
+            let mut p = self.root.clone();
+            p.extend(&self.meta.files[index].path);
+            p
+        }
+    }
+
+    fn is_pad(&self, index: usize) -> bool {
+        self.meta.files[index].pad
+    }
+
     fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
         move |source| StorageError::Io {
             path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// An I/O error on file `index`, naming its path.
+    fn file_err(&self, index: usize) -> impl FnOnce(io::Error) -> StorageError + '_ {
+        move |source| StorageError::Io {
+            path: self.path(index),
             source,
         }
     }
@@ -154,15 +164,16 @@ impl Storage {
         if self.closed.load(Ordering::Acquire) {
             return Err(StorageError::Closed);
         }
+        let path = self.path(index);
         let file = match (self.mode, write) {
             (Mode::ReadOnly, true) => return Err(StorageError::ReadOnly),
             // A read only ever targets data we wrote or found: never create
             // for it, never open for writing (the file may be shared), and
             // never follow a symlink put in its place.
             (_, false) => {
-                crate::util::fs::open_no_follow(&slot.path).map_err(Self::io_err(&slot.path))?
+                crate::util::fs::open_no_follow(&path).map_err(Self::io_err(&path))?
             }
-            (Mode::ReadWrite, true) => Self::open_for_write(slot)?,
+            (Mode::ReadWrite, true) => Self::open_for_write(&path, self.meta.files[index].length)?,
         };
         let file = Arc::new(file);
         // Readers still holding the old (read-only) handle keep reading the
@@ -182,28 +193,26 @@ impl Storage {
 
     /// Opens (creating if needed) a file for writing, sized to its length,
     /// after replacing it by a private copy if it is shared or read-only.
-    fn open_for_write(slot: &Slot) -> Result<File, StorageError> {
-        if let Some(dir) = slot.path.parent() {
+    fn open_for_write(path: &Path, length: u64) -> Result<File, StorageError> {
+        if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(Self::io_err(dir))?;
         }
-        match crate::util::fs::is_shared_or_read_only(&slot.path) {
-            Ok(true) => {
-                crate::util::fs::private_copy(&slot.path).map_err(Self::io_err(&slot.path))?
-            }
+        match crate::util::fs::is_shared_or_read_only(path) {
+            Ok(true) => crate::util::fs::private_copy(path).map_err(Self::io_err(path))?,
             Ok(false) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Self::io_err(&slot.path)(e)),
+            Err(e) => return Err(Self::io_err(path)(e)),
         }
         let f = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&slot.path)
-            .map_err(Self::io_err(&slot.path))?;
-        let len = f.metadata().map_err(Self::io_err(&slot.path))?.len();
-        if len != slot.length {
-            f.set_len(slot.length).map_err(Self::io_err(&slot.path))?;
+            .open(path)
+            .map_err(Self::io_err(path))?;
+        let len = f.metadata().map_err(Self::io_err(path))?.len();
+        if len != length {
+            f.set_len(length).map_err(Self::io_err(path))?;
         }
         Ok(f)
     }
@@ -227,34 +236,33 @@ impl Storage {
         }
         for span in self.meta.spans(offset, buf.len() as u64) {
             let out = &mut buf[span.buf_offset as usize..(span.buf_offset + span.len) as usize];
-            let slot = &self.slots[span.file];
-            if slot.pad {
+            if self.is_pad(span.file) {
                 out.fill(0);
                 continue;
             }
             let h = self.handle(span.file, false)?;
             h.read_exact_at(out, span.file_offset)
-                .map_err(Self::io_err(&slot.path))?;
+                .map_err(self.file_err(span.file))?;
         }
         Ok(())
     }
 
-    /// Writes a whole verified piece: one `pwrite` per file it touches.
+    /// Writes a verified piece, or its bytes up to its trailing padding
+    /// (which is never written): one `pwrite` per file it touches.
     pub fn write_piece(&self, piece: u32, data: &[u8]) -> Result<(), StorageError> {
         if self.mode == Mode::ReadOnly {
             return Err(StorageError::ReadOnly);
         }
         let offset = piece as u64 * self.meta.piece_length;
         for span in self.meta.spans(offset, data.len() as u64) {
-            let slot = &self.slots[span.file];
-            if slot.pad {
+            if self.is_pad(span.file) {
                 continue;
             }
             let h = self.handle(span.file, true)?;
             let part = &data[span.buf_offset as usize..(span.buf_offset + span.len) as usize];
             h.write_all_at(part, span.file_offset)
-                .map_err(Self::io_err(&slot.path))?;
-            slot.dirty.store(true, Ordering::Relaxed);
+                .map_err(self.file_err(span.file))?;
+            self.slots[span.file].dirty.store(true, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -268,7 +276,15 @@ impl Storage {
     ) -> Option<Vec<bool>> {
         let src = PieceSource {
             files: &self.meta.files,
-            paths: self.slots.iter().map(|s| s.path.clone()).collect(),
+            paths: (0..self.slots.len())
+                .map(|i| {
+                    if self.is_pad(i) {
+                        PathBuf::new()
+                    } else {
+                        self.path(i)
+                    }
+                })
+                .collect(),
             piece_length: self.meta.piece_length,
             total_length: self.meta.total_length,
         };
@@ -284,10 +300,11 @@ impl Storage {
         }
         let mut dirs = std::collections::BTreeSet::new();
         for (i, slot) in self.slots.iter().enumerate() {
-            if slot.pad {
+            if self.is_pad(i) {
                 continue;
             }
-            if slot.length == 0 || !slot.path.exists() {
+            let path = self.path(i);
+            if self.meta.files[i].length == 0 || !path.exists() {
                 // Creates the file at its length (and empties an empty file:
                 // it holds no piece, so no check would notice bytes in it).
                 self.handle(i, true)?;
@@ -299,8 +316,8 @@ impl Storage {
             // for writing would copy it for nothing.
             slot.dirty.store(false, Ordering::Relaxed);
             let h = self.handle(i, false)?;
-            h.sync_all().map_err(Self::io_err(&slot.path))?;
-            if let Some(d) = slot.path.parent() {
+            h.sync_all().map_err(Self::io_err(&path))?;
+            if let Some(d) = path.parent() {
                 dirs.insert(d.to_path_buf());
             }
         }
