@@ -145,3 +145,34 @@ fn master_verifier_leaves_a_retired_version_and_shutdown_at_once() {
         asked.elapsed()
     );
 }
+
+/// #8: the verifier re-reads a published version through the seeding
+/// session's parsed torrent; it used to parse the stored torrent again
+/// into a second copy of every file entry (at 50,000 files, tens of
+/// megabytes). With the stored torrent gone it still completes passes.
+#[test]
+fn master_verifier_shares_the_seeding_sessions_torrent() {
+    let d = test_dir("m-verify-shared");
+    let args = [
+        "--settle-secs",
+        "1",
+        "--piece-length",
+        "16K",
+        "--verify-rate",
+        "8M",
+    ];
+    let mut m = start_master("master", d.path(), &args);
+    small_snapshot(&m.snaps.join("v1"), 2);
+    m.wait_published("v1");
+    let torrent = m.snaps.join(".indexswarm/torrents/1.torrent");
+    fs::remove_file(&torrent).unwrap();
+    // A pass under way may have opened the version before the removal: the
+    // one after it cannot have.
+    let before = m.status()["verify"]["passes"].as_u64().unwrap_or(0);
+    let v = m.wait_for(PUBLISH, "two more passes without the stored torrent", |m| {
+        let v = m.status()["verify"].clone();
+        (v["passes"].as_u64() >= Some(before + 2)).then_some(v)
+    });
+    assert_eq!(v["failures"], 0, "{v}");
+    assert_eq!(m.version_numbers(), vec![1], "still published");
+}

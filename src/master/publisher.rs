@@ -313,7 +313,7 @@ impl Index {
     /// or a live replica still needs (active, rolled out, previous, staged).
     async fn retire_old(&self) {
         let protected = self.protected_versions();
-        let old: Vec<VersionRecord> = self
+        let old: Vec<Arc<VersionRecord>> = self
             .registry
             .lock()
             .published()

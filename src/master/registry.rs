@@ -9,6 +9,7 @@
 //! and replicas see from the epoch that "version 2" is not their version 2.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::metainfo::{FileId, InfoHash, SourceFile};
 use crate::util::write_atomic;
@@ -88,7 +89,32 @@ struct RegistryFile {
     #[serde(default)]
     epoch: String,
     next_version: u64,
-    versions: Vec<VersionRecord>,
+    /// Shared: readers (`/versions/latest`, `/status`, `/metrics`, the
+    /// integrity check, the verifier) take a reference, never a copy of a
+    /// published version's file list (50,000 files are megabytes).
+    #[serde(with = "shared_records")]
+    versions: Vec<Arc<VersionRecord>>,
+}
+
+/// (De)serializes `Vec<Arc<VersionRecord>>` as the plain list it is on disk.
+mod shared_records {
+    use super::VersionRecord;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::sync::Arc;
+
+    pub fn serialize<S: Serializer>(v: &[Arc<VersionRecord>], s: S) -> Result<S::Ok, S::Error> {
+        let plain: Vec<&VersionRecord> = v.iter().map(|r| &**r).collect();
+        plain.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<Arc<VersionRecord>>, D::Error> {
+        Ok(Vec::<VersionRecord>::deserialize(d)?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
+    }
 }
 
 /// A new epoch: 16 random bytes as 32 lowercase hex digits.
@@ -105,6 +131,35 @@ pub enum RegistryError {
     },
     #[error("{path} is corrupt ({message}); move it aside to start over")]
     Corrupt { path: PathBuf, message: String },
+}
+
+/// The registry's record, to change: a reader holding the old one keeps
+/// it unchanged. `sources` replaces its file list (without copying the old
+/// one when the record is shared).
+fn edit(v: &mut Arc<VersionRecord>, sources: Option<Vec<SourceRecord>>) -> &mut VersionRecord {
+    if Arc::get_mut(v).is_none() {
+        let sources = match &sources {
+            Some(_) => Vec::new(),
+            None => v.sources.clone(),
+        };
+        *v = Arc::new(VersionRecord {
+            version: v.version,
+            name: v.name.clone(),
+            info_hash: v.info_hash,
+            files: v.files,
+            bytes: v.bytes,
+            piece_length: v.piece_length,
+            created_at: v.created_at.clone(),
+            state: v.state,
+            note: v.note.clone(),
+            sources,
+        });
+    }
+    let rec = Arc::get_mut(v).expect("the registry's own record is not shared");
+    if let Some(sources) = sources {
+        rec.sources = sources;
+    }
+    rec
 }
 
 /// Withdrawn versions kept in the state (and in `/status`) for the operator.
@@ -167,21 +222,30 @@ impl Registry {
         self.data.next_version.max(1)
     }
 
-    pub fn all(&self) -> &[VersionRecord] {
+    pub fn all(&self) -> &[Arc<VersionRecord>] {
         &self.data.versions
     }
 
     pub fn get(&self, version: u64) -> Option<&VersionRecord> {
-        self.data.versions.iter().find(|v| v.version == version)
+        self.data
+            .versions
+            .iter()
+            .find(|v| v.version == version)
+            .map(|v| &**v)
     }
 
     pub fn by_name(&self, name: &str) -> Option<&VersionRecord> {
-        self.data.versions.iter().rev().find(|v| v.name == name)
+        self.data
+            .versions
+            .iter()
+            .rev()
+            .find(|v| v.name == name)
+            .map(|v| &**v)
     }
 
-    /// Published versions, newest first.
-    pub fn published(&self) -> Vec<VersionRecord> {
-        let mut v: Vec<VersionRecord> = self
+    /// Published versions, newest first: shared records, not copies.
+    pub fn published(&self) -> Vec<Arc<VersionRecord>> {
+        let mut v: Vec<Arc<VersionRecord>> = self
             .data
             .versions
             .iter()
@@ -192,10 +256,20 @@ impl Registry {
         v
     }
 
+    /// The newest published version's number (without listing them all).
+    pub fn latest_published(&self) -> Option<u64> {
+        self.data
+            .versions
+            .iter()
+            .filter(|v| v.state == VersionState::Published)
+            .map(|v| v.version)
+            .max()
+    }
+
     /// Adds a version (numbered by the caller from `next_version`) and saves.
     pub fn push(&mut self, rec: VersionRecord) -> Result<(), RegistryError> {
         self.data.next_version = rec.version.saturating_add(1);
-        self.data.versions.push(rec);
+        self.data.versions.push(Arc::new(rec));
         self.save()
     }
 
@@ -206,14 +280,13 @@ impl Registry {
         note: Option<String>,
     ) -> Result<(), RegistryError> {
         if let Some(v) = self.data.versions.iter_mut().find(|v| v.version == version) {
+            // Nothing reads an unpublished version's files again: keeping
+            // thousands of file records per retired version would grow the
+            // state with every publication.
+            let keep = state == VersionState::Published;
+            let v = edit(v, (!keep).then(Vec::new));
             v.state = state;
             v.note = note;
-            if state != VersionState::Published {
-                // Nothing reads an unpublished version's files again: keeping
-                // thousands of file records per retired version would grow
-                // the state with every publication.
-                v.sources = Vec::new();
-            }
         }
         self.save()
     }
@@ -253,7 +326,7 @@ impl Registry {
         sources: Vec<SourceRecord>,
     ) -> Result<(), RegistryError> {
         if let Some(v) = self.data.versions.iter_mut().find(|v| v.version == version) {
-            v.sources = sources;
+            edit(v, Some(sources));
         }
         self.save()
     }
@@ -337,6 +410,53 @@ mod tests {
         want.extend(10..=30);
         assert_eq!(left, want, "the newest 20 withdrawn, s2, and the published");
         assert_eq!(r.next_version(), 31, "numbers are never reused");
+    }
+
+    /// #8: `/versions/latest`, `/status`, `/metrics`, the integrity check
+    /// and the verifier each cloned every published record with its whole
+    /// file list (megabytes at 50,000 files). They share it now.
+    #[test]
+    fn published_records_are_shared_not_copied() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = Registry::open(d.path()).unwrap();
+        for n in 1..=2 {
+            let mut v = rec(n, &format!("s{n}"));
+            v.sources = (0..1000)
+                .map(|i| SourceRecord {
+                    path: format!("_{i}.cfs"),
+                    length: i,
+                    mtime_ns: 1,
+                    dev: 1,
+                    ino: i + 1,
+                })
+                .collect();
+            r.push(v).unwrap();
+        }
+        let a = r.published();
+        let b = r.published();
+        assert_eq!(a.iter().map(|v| v.version).collect::<Vec<_>>(), [2, 1]);
+        assert!(Arc::ptr_eq(&a[0], &b[0]) && Arc::ptr_eq(&a[1], &b[1]));
+        assert_eq!(r.latest_published(), Some(2));
+        // A change while a reader holds a record: the reader keeps what it
+        // read, the registry has the new state.
+        r.set_state(2, VersionState::Retired, None).unwrap();
+        assert_eq!(a[0].state, VersionState::Published);
+        assert_eq!(a[0].sources.len(), 1000);
+        assert!(r.get(2).unwrap().sources.is_empty());
+        assert_eq!(r.latest_published(), Some(1));
+        let mut fresh = a[1].sources.clone();
+        fresh.truncate(10);
+        r.set_sources(1, fresh).unwrap();
+        assert_eq!(a[1].sources.len(), 1000);
+        drop((a, b));
+        // On disk it is the plain list it always was.
+        let r = Registry::open(d.path()).unwrap();
+        assert_eq!(r.get(1).unwrap().sources.len(), 10);
+        assert_eq!(r.get(2).unwrap().state, VersionState::Retired);
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.path().join("versions.json")).unwrap())
+                .unwrap();
+        assert_eq!(json["versions"][0]["sources"][3]["path"], "_3.cfs");
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //!   largest burst is one piece. The multi-threaded `verify_pieces` was
 //!   rejected: it takes every core for as long as a pass lasts.
 //! - A fresh `Storage` (fresh file handles) for every visit of a version, so
-//!   a file replaced by a rename is read at its new inode.
+//!   a file replaced by a rename is read at its new inode; over the seeding
+//!   session's parsed torrent (one `Metainfo` per version, not two), which
+//!   it reads from the state directory only when nothing seeds the version.
 //! - It checks between pieces that the version is still published, and the
 //!   registry's change counter wakes it from a throttle sleep, so a retired
 //!   or withdrawn version is dropped at once; shutdown likewise.
@@ -266,8 +268,15 @@ impl Index {
 
     /// The version's torrent, checked against its record, as read-only storage.
     async fn open_version(&self, rec: &VersionRecord) -> Option<Arc<Storage>> {
-        let path = self.registry.lock().torrent_path(rec.version);
         let parent = self.cfg.snapshots_dir.clone();
+        // The seeding session's parsed torrent, shared: parsing it again
+        // would hold a second copy of every file entry (tens of megabytes
+        // at 50,000 files). The same info-hash is the same info dictionary.
+        if let Some(session) = self.shared.engine.get(&rec.info_hash) {
+            let meta = session.meta().clone();
+            return Some(Arc::new(Storage::new(meta, &parent, Mode::ReadOnly)));
+        }
+        let path = self.registry.lock().torrent_path(rec.version);
         let loaded = tokio::task::spawn_blocking(move || {
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             Metainfo::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
