@@ -1006,3 +1006,78 @@ fn a_published_file_swapped_for_a_symlink_is_never_served() {
     );
     eprintln!("{}", tail(&m.proc.stderr_text()));
 }
+
+// ---------------------------------------------------------------- republishing a retired snapshot
+
+/// Anyone who could `POST /snapshot {"path": "<a retired snapshot>"}` rolled
+/// the fleet back to it: it became the newest version. Republishing a
+/// retired snapshot now takes `"force": true`; without it the answer is 409
+/// and nothing changes.
+#[test]
+fn republishing_a_retired_snapshot_needs_force() {
+    let d = test_dir("republish-retired");
+    let mut m = crate::replica::Master::start(d.path(), &["--keep-versions", "1"]);
+    for (i, name) in ["s1", "s2", "s3"].iter().enumerate() {
+        m.publish(name, |dir| {
+            write_tree(dir, &[("seg", 50_000)], 40 + i as u64)
+        });
+    }
+    let versions = || -> Vec<(u64, String)> {
+        get_json(&format!("{}/versions", m.url))
+            .and_then(|v| {
+                v.as_array().map(|a| {
+                    a.iter()
+                        .map(|v| {
+                            let name = v["name"].as_str().unwrap_or_default().to_string();
+                            (v["version"].as_u64().unwrap_or(0), name)
+                        })
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    };
+    wait_until(Duration::from_secs(30), "s1 retired", || {
+        !versions().iter().any(|(_, n)| n == "s1")
+    });
+    let listed = versions();
+    let snapshot = format!("{}/snapshot", m.url);
+
+    let r = request("POST", &snapshot, Some(r#"{"path": "s1"}"#), None);
+    assert_eq!(
+        r.status,
+        409,
+        "POST /snapshot of a retired snapshot without force: {} {}",
+        r.status,
+        r.text()
+    );
+    let message = r.error_message();
+    assert!(
+        message.contains("retired") && message.contains("\"force\": true"),
+        "{message}"
+    );
+    assert_eq!(versions(), listed, "nothing was published");
+
+    // Unknown fields are still refused; force must be a boolean.
+    let r = request(
+        "POST",
+        &snapshot,
+        Some(r#"{"path": "s1", "forse": true}"#),
+        None,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    let r = request(
+        "POST",
+        &snapshot,
+        Some(r#"{"path": "s1", "force": true}"#),
+        None,
+    );
+    assert_eq!(r.status, 201, "with force: {}", r.text());
+    let v = r.json();
+    assert_eq!(v["name"], "s1");
+    assert!(v["version"].as_u64() > listed.iter().map(|(n, _)| *n).max());
+    // Published again: a second request (with or without force) names it.
+    let r = request("POST", &snapshot, Some(r#"{"path": "s1"}"#), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["version"], v["version"]);
+}

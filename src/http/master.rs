@@ -15,6 +15,9 @@ use crate::master::{Index, Master, PublishError};
 #[serde(deny_unknown_fields)]
 struct SnapshotRequest {
     path: Option<String>,
+    /// Publish a retired snapshot again (a rollback to it).
+    #[serde(default)]
+    force: bool,
 }
 
 /// Resolves a user-supplied path to the name of a direct child of the
@@ -167,7 +170,10 @@ fn snapshot_request(body: Result<Bytes, BodyError>) -> Result<SnapshotRequest, B
         }
     };
     if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(SnapshotRequest { path: None });
+        return Ok(SnapshotRequest {
+            path: None,
+            force: false,
+        });
     }
     serde_json::from_slice(&body).map_err(|e| {
         Box::new(error(
@@ -213,12 +219,14 @@ async fn post_snapshot(
             }
         },
     };
-    Ok(match idx.publish(&name).await {
+    Ok(match idx.publish(&name, req.force).await {
         Ok((rec, true)) => json(StatusCode::CREATED, &idx.version_info(&rec)),
         Ok((rec, false)) => json(StatusCode::OK, &idx.version_info(&rec)),
         Err(PublishError::BadPath(m)) => error(StatusCode::BAD_REQUEST, m),
         Err(PublishError::NotFound(m)) => error(StatusCode::NOT_FOUND, m),
-        Err(e @ PublishError::Changed(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ (PublishError::Changed(_) | PublishError::Retired { .. })) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             crate::util::error_chain(&e),

@@ -241,7 +241,7 @@ impl Index {
             .lock()
             .observe(tokio::time::Instant::now(), observations);
         for name in ready {
-            if let Err(e) = self.publish(&name).await {
+            if let Err(e) = self.publish(&name, false).await {
                 let e = crate::util::error_chain(&e);
                 warn!(%name, "not published: {e}");
                 *self.last_error.lock() = Some(format!("{name}: {e}"));

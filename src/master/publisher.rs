@@ -17,8 +17,8 @@ use crate::metainfo::{build, BuildOptions, FileId, KnownPieces, Metainfo};
 use crate::swarm::{Check, Mode, SessionOptions};
 use crate::util::{now_rfc3339, write_atomic};
 
-/// Why a snapshot was not published: the first three are the caller's
-/// (HTTP 400, 404, 409), the rest the master's (HTTP 500, with the cause).
+/// Why a snapshot was not published: the first four are the caller's
+/// (HTTP 400, 404, 409, 409), the rest the master's (HTTP 500, with the cause).
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("{0}")]
@@ -27,6 +27,11 @@ pub enum PublishError {
     NotFound(String),
     #[error("{0} changed while it was being hashed; it will be published once it settles")]
     Changed(String),
+    #[error(
+        "{name} was version {version} and is retired; publishing it again would roll the \
+         replicas back to it: send {{\"path\": \"{name}\", \"force\": true}} to do that"
+    )]
+    Retired { name: String, version: u64 },
     #[error("cannot build a torrent of {name}")]
     Build {
         name: String,
@@ -76,7 +81,10 @@ impl PublishError {
     pub fn is_bad_request(&self) -> bool {
         matches!(
             self,
-            PublishError::BadPath(_) | PublishError::NotFound(_) | PublishError::Changed(_)
+            PublishError::BadPath(_)
+                | PublishError::NotFound(_)
+                | PublishError::Changed(_)
+                | PublishError::Retired { .. }
         )
     }
 }
@@ -97,9 +105,12 @@ fn seed_options(limits: &crate::config::PeerLimits) -> SessionOptions {
 impl Index {
     /// Publishes the snapshot directory `name` (a direct child of the
     /// snapshots directory). Returns the version and whether it is new.
+    /// A retired snapshot is published again (as the newest version, which
+    /// rolls replicas back to it) only with `force`.
     pub async fn publish(
         self: &Arc<Self>,
         name: &str,
+        force: bool,
     ) -> Result<(VersionRecord, bool), PublishError> {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." || ignored(name) {
             return Err(PublishError::BadPath(format!(
@@ -108,8 +119,15 @@ impl Index {
         }
         let _guard = self.publish_lock.lock().await;
         if let Some(v) = self.registry.lock().by_name(name) {
-            if v.state == VersionState::Published {
-                return Ok((v.clone(), false));
+            match v.state {
+                VersionState::Published => return Ok((v.clone(), false)),
+                VersionState::Retired if !force => {
+                    return Err(PublishError::Retired {
+                        name: name.to_string(),
+                        version: v.version,
+                    })
+                }
+                _ => {}
             }
         }
         let dir = self.cfg.snapshots_dir.join(name);
