@@ -146,8 +146,9 @@ const STATES: &[&str] = &[
     "error",
 ];
 
-/// A plain name: 1–`max` of letters, digits, `.`, `_`, `-`, `:`.
-fn plain_name(s: &str, max: usize) -> bool {
+/// A plain name: 1–`max` of letters, digits, `.`, `_`, `-`, `:` (replica
+/// ids and zones, here and in the replica's config).
+pub fn plain_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.bytes()

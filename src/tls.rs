@@ -46,6 +46,14 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A text file, or an error naming it.
+fn read_text(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 /// Every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let p = path.display().to_string();
@@ -163,15 +171,8 @@ pub fn ca_init(dir: &Path) -> Result<(), TlsError> {
 /// certificate followed by the CA's) and `D/NAME.key` (0600).
 pub fn ca_issue(dir: &Path, name: &str, sans: &[String]) -> Result<(), TlsError> {
     check_name(name)?;
-    let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).map_err(|source| TlsError::Io {
-        path: dir.join("ca.pem").display().to_string(),
-        source,
-    })?;
-    let ca_key_pem =
-        std::fs::read_to_string(dir.join("ca.key")).map_err(|source| TlsError::Io {
-            path: dir.join("ca.key").display().to_string(),
-            source,
-        })?;
+    let ca_pem = read_text(&dir.join("ca.pem"))?;
+    let ca_key_pem = read_text(&dir.join("ca.key"))?;
     let ca_key = rcgen::KeyPair::from_pem(&ca_key_pem)?;
     let ca = ca_params().self_signed(&ca_key)?;
     let mut names = vec![name.to_string()];

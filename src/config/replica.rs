@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use super::index::{self, RawIndex, DEFAULT_INDEX};
 use super::{addr, pick, rate, secs, ConfigError};
+use crate::api::plain_name;
 use crate::units::ByteSize;
 
 /// `[replica.solr]`, for `mode = "solr"`.
@@ -137,14 +138,6 @@ pub struct RawReplica {
     /// put in published torrents as ssl-cert (peers then speak TLS).
     #[arg(long, env = "INDEXSWARM_REPLICA_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
-}
-
-/// A plain replica id or zone: 1–`max` letters, digits, `.`, `_`, `-`, `:`.
-fn plain_name(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
 }
 
 impl RawReplica {

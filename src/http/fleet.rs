@@ -244,6 +244,15 @@ fn index_of(m: &Master, name: Option<String>) -> Result<Arc<Index>, Box<Reply>> 
     pick(m, name.as_deref())
 }
 
+/// A route's two paths as one: unprefixed (`None`: the default index) or
+/// under `/indexes/{name}` (`Some(name)`).
+fn either_index(
+    plain: warp::filters::BoxedFilter<()>,
+    indexed: warp::filters::BoxedFilter<(String,)>,
+) -> warp::filters::BoxedFilter<(Option<String>,)> {
+    plain.map(|| None).or(indexed.map(Some)).unify().boxed()
+}
+
 /// Reads: the fleet, the rollout (long poll), active and latest versions.
 fn reads(m: MasterFilter) -> warp::filters::BoxedFilter<(Reply,)> {
     let get = warp::get();
@@ -257,60 +266,43 @@ fn reads(m: MasterFilter) -> warp::filters::BoxedFilter<(Reply,)> {
         .and(get)
         .and(m.clone())
         .map(|i: String, m: Arc<Master>| replicas(&m, Some(&i)));
-    let rollout_route = |prefixed: bool| {
-        let path = if prefixed {
-            warp::path!("indexes" / String / "rollout")
-                .map(Some)
-                .boxed()
-        } else {
-            warp::path!("rollout").map(|| None).boxed()
-        };
-        path.and(get)
-            .and(m.clone())
-            .and(q)
-            .then(|i: Option<String>, m: Arc<Master>, q: Query| async move {
-                match index_of(&m, i) {
-                    Ok(idx) => rollout(idx, q).await,
-                    Err(r) => *r,
-                }
-            })
-            .boxed()
-    };
-    let latest_route = |prefixed: bool| {
-        let path = if prefixed {
-            warp::path!("indexes" / String / "versions" / "latest")
-                .map(Some)
-                .boxed()
-        } else {
-            warp::path!("versions" / "latest").map(|| None).boxed()
-        };
-        path.and(get)
-            .and(m.clone())
-            .and(q)
-            .then(|i: Option<String>, m: Arc<Master>, q: Query| async move {
-                match index_of(&m, i) {
-                    Ok(idx) => latest(idx, q).await,
-                    Err(r) => *r,
-                }
-            })
-            .boxed()
-    };
-    let active_route = |prefixed: bool| {
-        let path = if prefixed {
-            warp::path!("indexes" / String / "versions" / "active")
-                .map(Some)
-                .boxed()
-        } else {
-            warp::path!("versions" / "active").map(|| None).boxed()
-        };
-        path.and(get)
-            .and(m.clone())
-            .map(|i: Option<String>, m: Arc<Master>| match index_of(&m, i) {
-                Ok(idx) => active(&idx),
-                Err(r) => *r,
-            })
-            .boxed()
-    };
+    // Each route unprefixed (the default index) and under /indexes/{name}.
+    let rollout_route = either_index(
+        warp::path!("rollout").boxed(),
+        warp::path!("indexes" / String / "rollout").boxed(),
+    )
+    .and(get)
+    .and(m.clone())
+    .and(q)
+    .then(|i: Option<String>, m: Arc<Master>, q: Query| async move {
+        match index_of(&m, i) {
+            Ok(idx) => rollout(idx, q).await,
+            Err(r) => *r,
+        }
+    });
+    let latest_route = either_index(
+        warp::path!("versions" / "latest").boxed(),
+        warp::path!("indexes" / String / "versions" / "latest").boxed(),
+    )
+    .and(get)
+    .and(m.clone())
+    .and(q)
+    .then(|i: Option<String>, m: Arc<Master>, q: Query| async move {
+        match index_of(&m, i) {
+            Ok(idx) => latest(idx, q).await,
+            Err(r) => *r,
+        }
+    });
+    let active_route = either_index(
+        warp::path!("versions" / "active").boxed(),
+        warp::path!("indexes" / String / "versions" / "active").boxed(),
+    )
+    .and(get)
+    .and(m.clone())
+    .map(|i: Option<String>, m: Arc<Master>| match index_of(&m, i) {
+        Ok(idx) => active(&idx),
+        Err(r) => *r,
+    });
     let members_route = warp::path!("tracker" / "members")
         .and(get)
         .and(m.clone())
@@ -321,17 +313,11 @@ fn reads(m: MasterFilter) -> warp::filters::BoxedFilter<(Reply,)> {
         .unify()
         .or(members_route)
         .unify()
-        .or(rollout_route(false))
+        .or(rollout_route)
         .unify()
-        .or(rollout_route(true))
+        .or(latest_route)
         .unify()
-        .or(latest_route(false))
-        .unify()
-        .or(latest_route(true))
-        .unify()
-        .or(active_route(false))
-        .unify()
-        .or(active_route(true))
+        .or(active_route)
         .unify()
         .boxed()
 }
