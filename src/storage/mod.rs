@@ -170,9 +170,7 @@ impl Storage {
             // A read only ever targets data we wrote or found: never create
             // for it, never open for writing (the file may be shared), and
             // never follow a symlink put in its place.
-            (_, false) => {
-                crate::util::fs::open_no_follow(&path).map_err(Self::io_err(&path))?
-            }
+            (_, false) => crate::util::fs::open_no_follow(&path).map_err(Self::io_err(&path))?,
             (Mode::ReadWrite, true) => Self::open_for_write(&path, self.meta.files[index].length)?,
         };
         let file = Arc::new(file);
