@@ -352,11 +352,14 @@ const BEHIND: u8 = 2;
 /// An HTTP stand-in for a confused master: it forwards every request to the
 /// real master, except that in `BOGUS` mode it calls the real latest version
 /// 18446744073709551615 and in `BEHIND` mode it offers version 1 as the
-/// latest while still listing every version.
+/// latest while still listing every version. Its JSON names its own
+/// origin, never the real master's: a replica fetches torrents from the
+/// origin of its `master_url` only.
 fn start_confused_master(real: &str, mode: Arc<AtomicU8>) -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     let real = real.to_string();
+    let own = url.clone();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
@@ -417,6 +420,13 @@ fn start_confused_master(real: &str, mode: Arc<AtomicU8>) -> String {
                     let r = forward();
                     (r.status, r.content_type, r.body)
                 }
+            };
+            let body = if ctype.contains("json") {
+                String::from_utf8_lossy(&body)
+                    .replace(&real, &own)
+                    .into_bytes()
+            } else {
+                body
             };
             let _ = write!(
                 s,
