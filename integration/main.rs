@@ -10,6 +10,7 @@ mod common;
 mod dashboard;
 mod deploy;
 mod events;
+mod fuzz;
 mod hardening;
 mod hostile;
 mod indexes;
