@@ -24,6 +24,20 @@ const MIN_AUTO_PIECE: u64 = 256 * 1024;
 const MAX_AUTO_PIECE: u64 = 16 * 1024 * 1024;
 /// Auto piece length grows until a torrent has at most this many pieces.
 const TARGET_MAX_PIECES: u64 = 4000;
+/// With aligned files, pieces may shrink down to one block...
+const MIN_ALIGNED_PIECE: u64 = 16 * 1024;
+/// ... while the padding they save outweighs what a piece costs beyond
+/// its bytes: its hash in every torrent and in memory, a `have` to every
+/// peer, a verify job and a write on every replica. About the time it
+/// takes to hash 64 KiB.
+const PIECE_COST: u64 = 64 * 1024;
+/// A piece length the previous version used is kept while it costs at most
+/// this many times the best one: a new length shares no piece hash with
+/// the published versions, so switching rehashes and resends everything.
+const KEEP_PREVIOUS: u64 = 2;
+/// ... and while the torrent keeps at most this many pieces (2.5 MiB of
+/// hashes; a replica keeps about 30 bytes a piece).
+const MAX_ALIGNED_PIECES: u128 = 1 << 17;
 
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
@@ -122,6 +136,66 @@ pub fn auto_piece_length(total: u64) -> u64 {
     p
 }
 
+/// What a torrent of files of `lengths` (in torrent order), each padded to
+/// a piece boundary but the last, costs at piece length `p`: the bytes
+/// hashed (data and padding) plus [`PIECE_COST`] a piece.
+/// `None` past [`MAX_ALIGNED_PIECES`].
+fn aligned_cost(lengths: &[u64], p: u64) -> Option<u128> {
+    let last = lengths.iter().rposition(|&l| l > 0);
+    let mut bytes = 0u128;
+    let mut pieces = 0u128;
+    for (i, &l) in lengths.iter().enumerate() {
+        let n = l.div_ceil(p) as u128;
+        pieces += n;
+        bytes += if Some(i) == last {
+            l as u128
+        } else {
+            n * p as u128
+        };
+    }
+    (pieces <= MAX_ALIGNED_PIECES).then_some(bytes + pieces * PIECE_COST as u128)
+}
+
+/// The automatic piece length of a torrent whose files are aligned to
+/// pieces (BEP 47 padding): of the powers of two from 16 KiB up to
+/// [`auto_piece_length`] of the data, the one that costs least (padding is
+/// hashed, verified and, for small files, most of the torrent: 5,000 files
+/// of 430 KiB padded to 8 MiB pieces hash 57 GiB for 20 GiB of data), or
+/// `previous` (the newest published version's) while it costs at most
+/// [`KEEP_PREVIOUS`] times that, so that versions keep sharing pieces.
+pub fn aligned_piece_length(lengths: &[u64], previous: Option<u64>) -> u64 {
+    let total: u64 = lengths.iter().sum();
+    let upper = auto_piece_length(total);
+    // Too many files for any length to stay under the piece cap: the
+    // fewest pieces.
+    let Some(mut cost) = aligned_cost(lengths, upper) else {
+        return upper;
+    };
+    let mut best = upper;
+    let mut p = upper / 2;
+    while p >= MIN_ALIGNED_PIECE {
+        // Smaller pieces are more pieces: past the cap, all of them are.
+        let Some(c) = aligned_cost(lengths, p) else {
+            break;
+        };
+        if c < cost {
+            (best, cost) = (p, c);
+        }
+        p /= 2;
+    }
+    match previous {
+        Some(prev)
+            if (MIN_ALIGNED_PIECE..=super::MAX_PIECE_LENGTH).contains(&prev)
+                && prev.is_power_of_two()
+                && aligned_cost(lengths, prev)
+                    .is_some_and(|c| c <= cost * KEEP_PREVIOUS as u128) =>
+        {
+            prev
+        }
+        _ => best,
+    }
+}
+
 /// Lists the regular files under `root`, sorted by path bytes. Symbolic links
 /// are not followed (a snapshot never needs them, and following them could
 /// publish files from outside the directory).
@@ -205,6 +279,11 @@ pub fn build(path: &Path, opts: &BuildOptions, progress: &AtomicU64) -> Result<B
             )))
         }
         Some(p) => p,
+        None if opts.align_files && !single => {
+            let lengths: Vec<u64> = sources.iter().map(|s| s.length).collect();
+            let previous = opts.known.as_deref().and_then(KnownPieces::piece_length);
+            aligned_piece_length(&lengths, previous)
+        }
         None => auto_piece_length(total_data),
     };
 
@@ -446,6 +525,99 @@ mod tests {
             assert!(p.is_power_of_two());
             assert!(total.div_ceil(p) <= 4000);
         }
+    }
+
+    /// The shape of `demo::generate_index`: four big segments (90%), many
+    /// small files sharing the rest, a commit point.
+    fn lucene(size: u64, files: u64) -> Vec<u64> {
+        let mut v: Vec<u64> = [40, 25, 15, 10].iter().map(|p| size * p / 100).collect();
+        let small = files - 5;
+        let weight = |i: u64| 1 + (i * 7919) % 97;
+        let weights: u64 = (0..small).map(weight).sum();
+        v.extend((0..small).map(|i| (size / 10 * weight(i) / weights).max(1)));
+        v.push(1500);
+        v
+    }
+
+    fn padded_total(lengths: &[u64], p: u64) -> u64 {
+        let n = lengths.len();
+        lengths[..n - 1]
+            .iter()
+            .map(|l| l.div_ceil(p) * p)
+            .sum::<u64>()
+            + lengths[n - 1]
+    }
+
+    /// #8: with `align_files`, the piece length was sized from the data
+    /// alone: 20 GiB in 5,000 files got 8 MiB pieces and hashed 57 GiB, and
+    /// 50,000 files of 1–16 KiB got 256 KiB pieces and hashed 12.2 GiB for
+    /// 415 MiB.
+    #[test]
+    fn aligned_piece_length_counts_the_padding() {
+        let big = lucene(20 << 30, 5000);
+        let p = aligned_piece_length(&big, None);
+        assert_eq!(p, 512 << 10);
+        let hashed = padded_total(&big, p);
+        assert!(hashed < (20u64 << 30) * 11 / 10, "{hashed}");
+        assert_eq!(padded_total(&big, 8 << 20) >> 30, 57, "what it was");
+
+        let small: Vec<u64> = (0..50_000u64)
+            .map(|i| 1024 + (i * 7919) % (15 * 1024))
+            .collect();
+        assert_eq!(aligned_piece_length(&small, None), 16 << 10);
+        let data: u64 = small.iter().sum();
+        assert!(padded_total(&small, 16 << 10) < 2 * data);
+
+        // A few big files: padding is noise, the size-based length stays.
+        for (size, files) in [(10u64 << 30, 66), (1 << 30, 66), (256 << 20, 30)] {
+            let l = lucene(size, files);
+            let total: u64 = l.iter().sum();
+            assert_eq!(aligned_piece_length(&l, None), auto_piece_length(total));
+        }
+        // One file: nothing is padded.
+        assert_eq!(aligned_piece_length(&[1 << 30], None), 512 << 10);
+        // More files than the piece cap allows at any length: the fewest pieces.
+        let many = vec![1u64; 200_000];
+        assert_eq!(
+            aligned_piece_length(&many, None),
+            auto_piece_length(200_000)
+        );
+    }
+
+    /// A new piece length shares no piece with the published versions: the
+    /// previous one stays while it costs at most twice the best.
+    #[test]
+    fn aligned_piece_length_keeps_the_previous_one_unless_far_worse() {
+        let big = lucene(20 << 30, 5000);
+        assert_eq!(aligned_piece_length(&big, Some(1 << 20)), 1 << 20);
+        assert_eq!(aligned_piece_length(&big, Some(256 << 10)), 256 << 10);
+        assert_eq!(
+            aligned_piece_length(&big, Some(8 << 20)),
+            512 << 10,
+            "57 GiB against 21: switch"
+        );
+        assert_eq!(aligned_piece_length(&big, Some(1000)), 512 << 10, "invalid");
+        // Past the piece cap, a previous length is not kept either.
+        assert_eq!(aligned_piece_length(&big, Some(16 << 10)), 512 << 10);
+    }
+
+    #[test]
+    fn small_aligned_files_get_small_pieces() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("snap");
+        for i in 0..40 {
+            write(&root, &format!("_{i}.si"), 1000 + i * 300, i as u8);
+        }
+        let opts = BuildOptions {
+            align_files: true,
+            ..Default::default()
+        };
+        let built = build(&root, &opts, &AtomicU64::new(0)).unwrap();
+        assert_eq!(built.meta.piece_length, 16 << 10);
+        assert!(built.hashed_bytes <= 40 * (16 << 10));
+        let unaligned = BuildOptions::default();
+        let built = build(&root, &unaligned, &AtomicU64::new(0)).unwrap();
+        assert_eq!(built.meta.piece_length, 256 << 10, "no padding, no change");
     }
 
     fn write(dir: &Path, rel: &str, len: usize, seed: u8) {

@@ -62,6 +62,10 @@ struct Key {
 #[derive(Debug, Default, Clone)]
 pub struct KnownPieces {
     map: HashMap<Key, Vec<[u8; 20]>>,
+    /// The piece length of the torrent learned last (the newest version):
+    /// an automatic piece length stays there while it is not much worse,
+    /// since another length shares no piece with what was published.
+    piece_length: Option<u64>,
 }
 
 /// The pieces file `i` of `files` owns outright, and how its last one ends;
@@ -95,6 +99,7 @@ pub(crate) fn owned_pieces(
 impl KnownPieces {
     /// Learns the pieces of every file of `meta` that `id_of` can identify.
     pub fn learn(&mut self, meta: &Metainfo, id_of: impl Fn(&FileEntry) -> Option<FileId>) {
+        self.piece_length = Some(meta.piece_length);
         for i in 0..meta.files.len() {
             let Some((range, tail)) = owned_pieces(&meta.files, i, meta.piece_length) else {
                 continue;
@@ -126,6 +131,11 @@ impl KnownPieces {
             tail,
         };
         self.map.get(&key).map(Vec::as_slice)
+    }
+
+    /// The piece length of the torrent learned last.
+    pub fn piece_length(&self) -> Option<u64> {
+        self.piece_length
     }
 
     pub fn len(&self) -> usize {

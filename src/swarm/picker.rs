@@ -551,9 +551,13 @@ impl Picker {
             }
             self.have.set(piece);
             self.have_bytes += self.piece_len(piece);
-            // Keep a whole-piece buffer for the next piece while it fits.
+            // Keep a whole-piece buffer for the next piece while it fits
+            // (freeing and allocating again costs page faults, and with
+            // buffers freed on other threads than they were allocated on,
+            // resident memory that the allocator keeps).
             let cap = buf.capacity() as u64;
-            if cap == self.piece_length && self.buffered + self.spare_bytes + cap <= self.budget {
+            let room = self.budget + self.slack;
+            if cap == self.piece_length && self.buffered + self.spare_bytes + cap <= room {
                 buf.clear();
                 self.spare.push(buf);
                 self.spare_bytes += cap;
