@@ -63,6 +63,18 @@ pub(crate) fn start_master(logs: &Path, name: &str, snaps: &Path, extra: &[&str]
 
 /// Starts `indexswarm replica` following `master`, polling every second.
 pub(crate) fn start_replica(logs: &Path, name: &str, master: &str, data: &Path) -> Result<Node> {
+    start_replica_with(logs, name, master, data, &["--poll-interval-secs", "1"])
+}
+
+/// Starts `indexswarm replica` following `master` on loopback ports;
+/// `extra` are more flags (the poll interval among them, else the default).
+pub(crate) fn start_replica_with(
+    logs: &Path,
+    name: &str,
+    master: &str,
+    data: &Path,
+    extra: &[&str],
+) -> Result<Node> {
     let (http, peer) = (free_port(), free_port());
     let mut c = Command::new(indexswarm());
     c.args(["replica", "--master-url", master, "--data-dir"])
@@ -72,9 +84,8 @@ pub(crate) fn start_replica(logs: &Path, name: &str, master: &str, data: &Path) 
             &format!("127.0.0.1:{http}"),
             "--peer-listen",
             &format!("127.0.0.1:{peer}"),
-            "--poll-interval-secs",
-            "1",
         ]);
+    c.args(extra);
     let mut p = P::spawn(name, c, logs)?;
     let base = format!("http://127.0.0.1:{http}");
     wait_healthy(&base, &mut p, name)?;

@@ -10,6 +10,11 @@
 //! sudo target/release/examples/bench swarm    --size 256M --leechers 8 --mbit 200
 //! sudo target/release/examples/bench publish  --size 1G
 //! sudo target/release/examples/bench replicate --size 1G --replicas 8 --mbit 128
+//! target/release/examples/bench freshness --size 1G --replicas 8     # #9
+//! target/release/examples/bench skew      --size 1G --replicas 8     # #9
+//! target/release/examples/bench rollback  --size 1G --replicas 8     # #9
+//! target/release/examples/bench tls       --size 1G                  # #11
+//! target/release/examples/bench tracker-token --rate 5000            # #11
 //! ```
 //!
 //! `swarm` and `replicate` give every node its own network namespace, a veth
@@ -25,12 +30,18 @@ mod cluster;
 mod common;
 mod create;
 mod files;
+mod fleet;
+mod freshness;
 mod netns;
 mod publish;
 mod publish_cost;
 mod replicate;
+mod rollback;
+mod skew;
 mod swarm;
+mod tls;
 mod tracker;
+mod tracker_token;
 mod transfer;
 mod versions;
 
@@ -159,6 +170,63 @@ pub(crate) enum Cmd {
         #[arg(long)]
         compressible: bool,
     },
+    /// Fleet rollouts (#9): marker file → every replica serves a ~1% delta, long poll against interval polling.
+    Freshness {
+        #[arg(long, default_value = "1G")]
+        size: ByteSize,
+        #[arg(long, default_value_t = 8)]
+        replicas: usize,
+        /// New bytes in each next version, percent of the index.
+        #[arg(long, default_value_t = 1.0)]
+        change_pct: f64,
+        /// Versions measured per mode; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// The replicas' poll_interval_secs (both modes).
+        #[arg(long, default_value_t = 10)]
+        interval: u64,
+    },
+    /// Fleet rollouts (#9): swap skew across the fleet, `rollout = "independent"` against `"fleet"`.
+    Skew {
+        #[arg(long, default_value = "1G")]
+        size: ByteSize,
+        #[arg(long, default_value_t = 8)]
+        replicas: usize,
+        /// New bytes in each next version, percent of the index.
+        #[arg(long, default_value_t = 1.0)]
+        change_pct: f64,
+        /// Versions measured per policy; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
+    /// Fleet rollouts (#9): rollback to (and forward from) a version every replica keeps on disk.
+    Rollback {
+        #[arg(long, default_value = "1G")]
+        size: ByteSize,
+        #[arg(long, default_value_t = 8)]
+        replicas: usize,
+        /// New bytes in version 2, percent of the index.
+        #[arg(long, default_value_t = 1.0)]
+        change_pct: f64,
+        /// Rollback/roll-forward pairs; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
+    /// Closed swarm (#11): 1→1 transfer as a plain torrent against an SSL torrent (TLS peer wire).
+    Tls {
+        #[arg(long, default_value = "1G")]
+        size: ByteSize,
+    },
+    /// Closed swarm (#11): the master's tracker with a swarm token, without, the standalone tracker and opentracker.
+    TrackerToken {
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Rounds over the four trackers; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -214,5 +282,30 @@ fn main() -> Result<()> {
             replicas,
             compressible,
         } => big::bench_big(&cli, size.0, *files, *replicas, *compressible),
+        Cmd::Freshness {
+            size,
+            replicas,
+            change_pct,
+            repeat,
+            interval,
+        } => freshness::bench_freshness(&cli, size.0, *replicas, *change_pct, *repeat, *interval),
+        Cmd::Skew {
+            size,
+            replicas,
+            change_pct,
+            repeat,
+        } => skew::bench_skew(&cli, size.0, *replicas, *change_pct, *repeat),
+        Cmd::Rollback {
+            size,
+            replicas,
+            change_pct,
+            repeat,
+        } => rollback::bench_rollback(&cli, size.0, *replicas, *change_pct, *repeat),
+        Cmd::Tls { size } => tls::bench_tls(&cli, size.0),
+        Cmd::TrackerToken {
+            rate,
+            seconds,
+            rounds,
+        } => tracker_token::bench_tracker_token(&cli, *rate, *seconds, *rounds),
     }
 }

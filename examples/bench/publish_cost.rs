@@ -18,14 +18,14 @@ use crate::cluster::{
 use crate::common::{data, dir_bytes, header, indexswarm};
 use crate::Cli;
 
-const MARKER: &str = "READY";
+pub(crate) const MARKER: &str = "READY";
 
 /// One snapshot: `snapshot.<n>`, built as `<name>.tmp` (which the watcher
 /// ignores) from a hard-linked copy of `prev` without its marker and
 /// commit point, plus `new_bytes` in a new segment and a new commit point.
 /// Returns the directory (renamed into place, marker not yet written) and
 /// the new files.
-fn next_snapshot(
+pub(crate) fn next_snapshot(
     snaps: &Path,
     prev: &Path,
     n: u64,

@@ -15,10 +15,19 @@ pub(crate) async fn tracker_load(
     hashes: &[[u8; 20]],
     rate: u64,
     seconds: u64,
+    token: Option<&str>,
 ) -> Result<(f64, Vec<f64>, u64)> {
     use indexswarm::tracker::protocol::url_bytes;
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))?,
+        );
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
+        .default_headers(headers)
         .build()?;
     let query = |i: u64| {
         let h = hashes[(i as usize) % hashes.len()];
@@ -44,8 +53,10 @@ pub(crate) async fn tracker_load(
             let mut i = 0;
             while Instant::now() < stop_at {
                 if let Ok(r) = c.get(&qs[i % qs.len()]).send().await {
-                    let _ = r.bytes().await;
-                    d.fetch_add(1, Ordering::Relaxed);
+                    // A bencoded refusal is an answer, not an announce served.
+                    if r.bytes().await.is_ok_and(|b| !refused(&b)) {
+                        d.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 i += 1;
             }
@@ -71,10 +82,14 @@ pub(crate) async fn tracker_load(
         let (c, l, e, q) = (client.clone(), lat.clone(), errors.clone(), query(i));
         handles.push(tokio::spawn(async move {
             match c.get(&q).timeout(Duration::from_secs(5)).send().await {
-                Ok(r) if r.status().is_success() => {
-                    let _ = r.bytes().await;
-                    l.lock().unwrap().push(due.elapsed().as_secs_f64() * 1000.0);
-                }
+                Ok(r) if r.status().is_success() => match r.bytes().await {
+                    Ok(b) if !refused(&b) => {
+                        l.lock().unwrap().push(due.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    _ => {
+                        e.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
                 _ => {
                     e.fetch_add(1, Ordering::Relaxed);
                 }
@@ -87,6 +102,11 @@ pub(crate) async fn tracker_load(
     let mut v = lat.lock().unwrap().clone();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     Ok((capacity, v, errors.load(Ordering::Relaxed)))
+}
+
+/// A tracker's bencoded `failure reason` (HTTP 200, but no announce served).
+pub(crate) fn refused(body: &[u8]) -> bool {
+    body.windows(14).any(|w| w == b"failure reason")
 }
 
 pub(crate) fn pct(v: &[f64], p: f64) -> f64 {
@@ -138,6 +158,7 @@ pub(crate) fn bench_tracker(cli: &Cli, rate: u64, seconds: u64) -> Result<()> {
             &hashes,
             rate,
             seconds,
+            None,
         ))?;
         rows.push((
             "indexswarm tracker",
@@ -171,6 +192,7 @@ pub(crate) fn bench_tracker(cli: &Cli, rate: u64, seconds: u64) -> Result<()> {
             &hashes,
             rate,
             seconds,
+            None,
         ))?;
         rows.push((
             "opentracker",
