@@ -13,8 +13,20 @@ pub enum LogFormat {
 /// Installs the global subscriber (`default_level` applies when `RUST_LOG` is unset).
 /// Safe to call more than once (later calls are no-ops).
 pub fn init(format: LogFormat, default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| default_level.to_string());
+    // hyper warns of every connection its header timeout closes: idle
+    // keep-alive clients and slowloris alike, routine for a server that
+    // sets one (`http/server.rs`). Only its errors are worth a line,
+    // unless RUST_LOG names hyper itself.
+    let spec = if spec.contains("hyper") {
+        spec
+    } else {
+        format!("{spec},hyper=error")
+    };
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
