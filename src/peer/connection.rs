@@ -99,6 +99,7 @@ pub async fn dial(
     let ours = Handshake::new(info_hash, peer_id);
     let remote = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         stream.write_all(&ours.to_bytes()).await?;
+        stream.flush().await?;
         let mut buf = [0u8; HANDSHAKE_LEN];
         stream.read_exact(&mut buf).await?;
         Ok::<_, io::Error>(buf)
@@ -151,6 +152,7 @@ pub async fn accept_finish(
         stream
             .write_all(&Handshake::new(info_hash, peer_id).to_bytes())
             .await?;
+        stream.flush().await?;
         let mut id = [0u8; 20];
         stream.read_exact(&mut id).await?;
         Ok::<_, io::Error>(id)
@@ -381,7 +383,14 @@ async fn write_loop(
         if !out.is_empty() {
             let started = std::time::Instant::now();
             let was_batch = out.len() >= MIN_UPLOAD_BATCH;
-            tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&out))
+            // The flush matters for TLS only: tokio-rustls keeps the records
+            // a full socket did not take and sends them on the next write or
+            // flush, and after the last piece there may be no next write.
+            let write = async {
+                w.write_all(&out).await?;
+                w.flush().await
+            };
+            tokio::time::timeout(WRITE_TIMEOUT, write)
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))??;
             if was_batch {
