@@ -95,11 +95,57 @@ impl Bitfield {
     pub fn ones(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.len).filter(|&i| self.get(i))
     }
+
+    /// The bits set in both `self` and `other`, starting at the byte that
+    /// holds bit `start` and wrapping around. A byte at a time, skipping
+    /// empty ones: the picker asks this for every new piece, and testing
+    /// bit by bit made a 43,816-piece download spend minutes of CPU in it.
+    pub fn ones_in_both_from<'a>(
+        &'a self,
+        other: &'a Bitfield,
+        start: u32,
+    ) -> impl Iterator<Item = u32> + 'a {
+        let n = self.bits.len().min(other.bits.len());
+        let first = if n == 0 { 0 } else { start as usize / 8 % n };
+        (first..n).chain(0..first).flat_map(move |i| {
+            let mut byte = self.bits[i] & other.bits[i];
+            std::iter::from_fn(move || {
+                if byte == 0 {
+                    return None;
+                }
+                let bit = byte.leading_zeros();
+                byte &= !(0x80 >> bit);
+                Some(i as u32 * 8 + bit)
+            })
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ones_in_both_wraps_from_the_start_byte_and_matches_bit_by_bit() {
+        let a = Bitfield::from_bools(&(0..37).map(|i| i % 3 != 0).collect::<Vec<_>>());
+        let b = Bitfield::from_bools(&(0..37).map(|i| i % 2 == 0).collect::<Vec<_>>());
+        let slow: Vec<u32> = (0..37).filter(|&i| a.get(i) && b.get(i)).collect();
+        for start in [0, 5, 8, 17, 36, 1000] {
+            let mut fast: Vec<u32> = a.ones_in_both_from(&b, start).collect();
+            let byte = (start / 8) % 5;
+            if slow.iter().any(|&p| p / 8 == byte) {
+                assert_eq!(fast[0] / 8, byte, "starts in the start's byte");
+            }
+            fast.sort_unstable();
+            assert_eq!(fast, slow, "start {start}");
+        }
+        assert_eq!(
+            Bitfield::new(0)
+                .ones_in_both_from(&Bitfield::new(0), 3)
+                .count(),
+            0
+        );
+    }
 
     #[test]
     fn wire_order_and_counts() {

@@ -110,6 +110,10 @@ pub struct Picker {
     have_bytes: u64,
     availability: Vec<u32>,
     active: HashMap<u32, Active>,
+    /// Pieces neither had nor active: what a new piece is chosen from.
+    /// A piece leaves it once, when it becomes active (a failed piece
+    /// stays active), so it only ever shrinks.
+    wanted: Bitfield,
     /// Bytes of piece buffers new pieces may take.
     budget: u64,
     /// How far past `budget` a peer with nothing else to do may go.
@@ -144,10 +148,15 @@ impl Picker {
             .ones()
             .map(|i| Metainfo::piece_len_of(meta.piece_length, meta.total_length, i))
             .sum();
+        let mut wanted = Bitfield::new(n);
+        for p in (0..n).filter(|&p| !have.get(p)) {
+            wanted.set(p);
+        }
         Picker {
             piece_length: meta.piece_length,
             total_length: meta.total_length,
             num_pieces: n,
+            wanted,
             have,
             have_bytes,
             availability: vec![0; n as usize],
@@ -353,17 +362,13 @@ impl Picker {
     }
 
     fn rarest_new(&self, has: &Bitfield) -> Option<u32> {
-        let n = self.num_pieces;
-        if n == 0 {
+        if self.num_pieces == 0 {
             return None;
         }
-        let start = rand::thread_rng().gen_range(0..n);
+        // A random start spreads peers over pieces of equal rarity.
+        let start = rand::thread_rng().gen_range(0..self.num_pieces);
         let mut best: Option<(u32, u32)> = None;
-        for k in 0..n {
-            let p = (start + k) % n;
-            if self.have.get(p) || !has.get(p) || self.active.contains_key(&p) {
-                continue;
-            }
+        for p in self.wanted.ones_in_both_from(has, start) {
             let avail = self.availability[p as usize];
             if best.is_none_or(|(_, a)| avail < a) {
                 best = Some((p, avail));
@@ -409,6 +414,7 @@ impl Picker {
             owner: None,
         };
         self.mark_padding(piece, &mut a);
+        self.wanted.clear(piece);
         self.active.insert(piece, a);
     }
 
@@ -591,6 +597,10 @@ impl Picker {
     pub fn check_invariants(&self, inflight: &HashMap<PeerKey, Vec<BlockRef>>) {
         let held: u64 = self.active.values().map(|a| a.held).sum();
         assert_eq!(held, self.buffered, "buffered bytes");
+        for p in 0..self.num_pieces {
+            let wanted = !self.have.get(p) && !self.active.contains_key(&p);
+            assert_eq!(self.wanted.get(p), wanted, "piece {p} wanted");
+        }
         let spare: u64 = self.spare.iter().map(|b| b.capacity() as u64).sum();
         assert_eq!(spare, self.spare_bytes, "spare bytes");
         assert!(
@@ -611,6 +621,7 @@ impl Picker {
                 );
             }
             assert!(!self.have.get(*p), "piece {p} both had and active");
+            assert!(!self.wanted.get(*p), "piece {p} both wanted and active");
             let open = a.blocks.iter().filter(|b| **b == Block::Open).count() as u32;
             assert_eq!(open, a.open, "open count of {p}");
             for (i, b) in a.blocks.iter().enumerate() {
