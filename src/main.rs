@@ -4,6 +4,7 @@
 use clap::Parser;
 
 fn main() {
+    fix_mmap_threshold();
     let cli = indexswarm::cli::Cli::parse();
     // The demo runs four nodes in one process: keep their logs to warnings
     // unless RUST_LOG asks for more, so its report stays readable.
@@ -28,6 +29,23 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
+    }
+}
+
+/// Piece buffers (16 KiB to 16 MiB) come and go on every worker thread.
+/// glibc raises its mmap threshold each time such a buffer is freed, after
+/// which the next ones are carved from per-thread heaps that do not shrink
+/// back. A fixed threshold keeps them mapped and unmapped whole: 5 MiB less
+/// peak RSS per replica in `bench big` (BENCHMARKS.md, #8). The glibc
+/// tunable `MALLOC_MMAP_THRESHOLD_`, when set, wins.
+fn fix_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter, and runs here
+        // before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        }
     }
 }
 

@@ -62,6 +62,21 @@ pub(crate) struct Cli {
     pub(crate) cmd: Cmd,
 }
 
+/// The fleet the #9 benchmarks start: its index, its replicas, its deltas.
+#[derive(clap::Args)]
+pub(crate) struct FleetArgs {
+    #[arg(long, default_value = "1G")]
+    size: ByteSize,
+    #[arg(long, default_value_t = 8)]
+    replicas: usize,
+    /// New bytes in each next version, percent of the index.
+    #[arg(long, default_value_t = 1.0)]
+    change_pct: f64,
+    /// Measurements (versions, rollbacks) per mode; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+}
+
 #[derive(Subcommand)]
 pub(crate) enum Cmd {
     /// `create` against `mktorrent -t 2` and the SHA-1 limit.
@@ -172,45 +187,21 @@ pub(crate) enum Cmd {
     },
     /// Fleet rollouts (#9): marker file → every replica serves a ~1% delta, long poll against interval polling.
     Freshness {
-        #[arg(long, default_value = "1G")]
-        size: ByteSize,
-        #[arg(long, default_value_t = 8)]
-        replicas: usize,
-        /// New bytes in each next version, percent of the index.
-        #[arg(long, default_value_t = 1.0)]
-        change_pct: f64,
-        /// Versions measured per mode; the median is reported.
-        #[arg(long, default_value_t = 3)]
-        repeat: usize,
+        #[command(flatten)]
+        fleet: FleetArgs,
         /// The replicas' poll_interval_secs (both modes).
         #[arg(long, default_value_t = 10)]
         interval: u64,
     },
     /// Fleet rollouts (#9): swap skew across the fleet, `rollout = "independent"` against `"fleet"`.
     Skew {
-        #[arg(long, default_value = "1G")]
-        size: ByteSize,
-        #[arg(long, default_value_t = 8)]
-        replicas: usize,
-        /// New bytes in each next version, percent of the index.
-        #[arg(long, default_value_t = 1.0)]
-        change_pct: f64,
-        /// Versions measured per policy; the median is reported.
-        #[arg(long, default_value_t = 3)]
-        repeat: usize,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Fleet rollouts (#9): rollback to (and forward from) a version every replica keeps on disk.
     Rollback {
-        #[arg(long, default_value = "1G")]
-        size: ByteSize,
-        #[arg(long, default_value_t = 8)]
-        replicas: usize,
-        /// New bytes in version 2, percent of the index.
-        #[arg(long, default_value_t = 1.0)]
-        change_pct: f64,
-        /// Rollback/roll-forward pairs; the median is reported.
-        #[arg(long, default_value_t = 3)]
-        repeat: usize,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Closed swarm (#11): 1→1 transfer as a plain torrent against an SSL torrent (TLS peer wire).
     Tls {
@@ -282,25 +273,20 @@ fn main() -> Result<()> {
             replicas,
             compressible,
         } => big::bench_big(&cli, size.0, *files, *replicas, *compressible),
-        Cmd::Freshness {
-            size,
-            replicas,
-            change_pct,
-            repeat,
-            interval,
-        } => freshness::bench_freshness(&cli, size.0, *replicas, *change_pct, *repeat, *interval),
-        Cmd::Skew {
-            size,
-            replicas,
-            change_pct,
-            repeat,
-        } => skew::bench_skew(&cli, size.0, *replicas, *change_pct, *repeat),
-        Cmd::Rollback {
-            size,
-            replicas,
-            change_pct,
-            repeat,
-        } => rollback::bench_rollback(&cli, size.0, *replicas, *change_pct, *repeat),
+        Cmd::Freshness { fleet: f, interval } => freshness::bench_freshness(
+            &cli,
+            f.size.0,
+            f.replicas,
+            f.change_pct,
+            f.repeat,
+            *interval,
+        ),
+        Cmd::Skew { fleet: f } => {
+            skew::bench_skew(&cli, f.size.0, f.replicas, f.change_pct, f.repeat)
+        }
+        Cmd::Rollback { fleet: f } => {
+            rollback::bench_rollback(&cli, f.size.0, f.replicas, f.change_pct, f.repeat)
+        }
         Cmd::Tls { size } => tls::bench_tls(&cli, size.0),
         Cmd::TrackerToken {
             rate,

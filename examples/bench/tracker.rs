@@ -1,11 +1,12 @@
 //! `bench tracker`: announces per second and latency against opentracker.
 
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::common::{cpu_secs, free_port, header, indexswarm, status_kb, wait_for, P};
 use crate::Cli;
@@ -126,40 +127,12 @@ pub(crate) fn bench_tracker(cli: &Cli, rate: u64, seconds: u64) -> Result<()> {
                 .unwrap()
         })
         .collect();
-    let wl = cli.work.join("whitelist.txt");
-    std::fs::write(
-        &wl,
-        hashes
-            .iter()
-            .map(hex::encode)
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n",
-    )?;
     let rt = tokio::runtime::Runtime::new()?;
     let mut rows = Vec::new();
     {
-        let port = free_port();
-        let mut c = Command::new(indexswarm());
-        c.args([
-            "tracker",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--whitelist",
-        ])
-        .arg(&wl);
-        let p = P::spawn("bench-tracker", c, &logs)?;
-        wait_for(Duration::from_secs(10), "tracker", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })?;
+        let (p, url) = start_whitelisted(&logs, "bench-tracker", &cli.work, &hashes)?;
         let before = cpu_secs(p.pid());
-        let r = rt.block_on(tracker_load(
-            &format!("http://127.0.0.1:{port}/announce"),
-            &hashes,
-            rate,
-            seconds,
-            None,
-        ))?;
+        let r = rt.block_on(tracker_load(&url, &hashes, rate, seconds, None))?;
         rows.push((
             "indexswarm tracker",
             r,
@@ -168,32 +141,9 @@ pub(crate) fn bench_tracker(cli: &Cli, rate: u64, seconds: u64) -> Result<()> {
         ));
     }
     {
-        let root = cli.work.join("ot");
-        std::fs::create_dir_all(&root)?;
-        std::fs::copy(&wl, root.join("whitelist.txt"))?;
-        let port = free_port();
-        std::fs::write(
-            root.join("ot.conf"),
-            format!("listen.tcp_udp 127.0.0.1:{port}\ntracker.rootdir {}\naccess.whitelist /whitelist.txt\n", root.display()),
-        )?;
-        let _ = Command::new("chmod")
-            .args(["-R", "a+rX"])
-            .arg(&cli.work)
-            .status();
-        let mut c = Command::new("opentracker");
-        c.arg("-f").arg(root.join("ot.conf")).args(["-u", "nobody"]);
-        let p = P::spawn("opentracker", c, &logs)?;
-        wait_for(Duration::from_secs(10), "opentracker", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })?;
+        let (p, url) = start_opentracker(&logs, "opentracker", &cli.work, &hashes, &cli.work)?;
         let before = cpu_secs(p.pid());
-        let r = rt.block_on(tracker_load(
-            &format!("http://127.0.0.1:{port}/announce"),
-            &hashes,
-            rate,
-            seconds,
-            None,
-        ))?;
+        let r = rt.block_on(tracker_load(&url, &hashes, rate, seconds, None))?;
         rows.push((
             "opentracker",
             r,
@@ -221,4 +171,71 @@ pub(crate) fn bench_tracker(cli: &Cli, rate: u64, seconds: u64) -> Result<()> {
     }
     println!("\nThe load generator shares the two cores with the tracker under test; both trackers face the same client.");
     Ok(())
+}
+
+/// Writes `hashes` as `dir/whitelist.txt` and starts `indexswarm tracker`
+/// with it on a free loopback port: the process and its announce URL.
+pub(crate) fn start_whitelisted(
+    logs: &Path,
+    name: &str,
+    dir: &Path,
+    hashes: &[[u8; 20]],
+) -> Result<(P, String)> {
+    let wl = write_whitelist(dir, hashes)?;
+    let port = free_port();
+    let mut c = Command::new(indexswarm());
+    c.args([
+        "tracker",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--whitelist",
+    ])
+    .arg(&wl);
+    let p = P::spawn(name, c, logs)?;
+    wait_for(Duration::from_secs(10), "tracker", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })?;
+    Ok((p, format!("http://127.0.0.1:{port}/announce")))
+}
+
+/// Starts opentracker (as `nobody`, rooted in `dir/ot`) whitelisting
+/// `hashes` on a free loopback port: the process and its announce URL.
+/// `readable` is made world-readable so that `nobody` can read its root.
+pub(crate) fn start_opentracker(
+    logs: &Path,
+    name: &str,
+    dir: &Path,
+    hashes: &[[u8; 20]],
+    readable: &Path,
+) -> Result<(P, String)> {
+    let root = dir.join("ot");
+    write_whitelist(&root, hashes)?;
+    let port = free_port();
+    std::fs::write(
+        root.join("ot.conf"),
+        format!(
+            "listen.tcp_udp 127.0.0.1:{port}\ntracker.rootdir {}\naccess.whitelist /whitelist.txt\n",
+            root.display()
+        ),
+    )?;
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(readable)
+        .status();
+    let mut c = Command::new("opentracker");
+    c.arg("-f").arg(root.join("ot.conf")).args(["-u", "nobody"]);
+    let p = P::spawn(name, c, logs)?;
+    wait_for(Duration::from_secs(10), "opentracker", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .context("opentracker (apt-get install opentracker)")?;
+    Ok((p, format!("http://127.0.0.1:{port}/announce")))
+}
+
+fn write_whitelist(dir: &Path, hashes: &[[u8; 20]]) -> Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let wl = dir.join("whitelist.txt");
+    let lines: Vec<String> = hashes.iter().map(hex::encode).collect();
+    std::fs::write(&wl, lines.join("\n") + "\n")?;
+    Ok(wl)
 }

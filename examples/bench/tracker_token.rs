@@ -11,16 +11,15 @@
 //! counts as an error, not as an announce served.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use indexswarm::demo::{write_generated, Fill};
 
 use crate::cluster::{cp_al, loadavg, median_of, print_load, start_master, Node};
-use crate::common::{cpu_secs, free_port, header, indexswarm, status_kb, wait_for, P};
+use crate::common::{cpu_secs, header, status_kb};
 use crate::fleet::{load1, others_busy, Api};
-use crate::tracker::{pct, refused, tracker_load};
+use crate::tracker::{pct, refused, start_opentracker, start_whitelisted, tracker_load};
 use crate::Cli;
 
 const TOKEN: &str = "bench-swarm-token";
@@ -136,55 +135,8 @@ pub(crate) fn bench_tracker_token(cli: &Cli, rate: u64, seconds: u64, rounds: us
         master_with_versions(&logs, "tt-master-open", &snaps_b, None, &api)?;
 
     // The standalone tracker and opentracker whitelist the same hashes.
-    let wl = root.join("whitelist.txt");
-    std::fs::write(
-        &wl,
-        hashes
-            .iter()
-            .map(hex::encode)
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n",
-    )?;
-    let port = free_port();
-    let mut c = Command::new(indexswarm());
-    c.args([
-        "tracker",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--whitelist",
-    ])
-    .arg(&wl);
-    let standalone = P::spawn("tt-tracker", c, &logs)?;
-    wait_for(Duration::from_secs(10), "tracker", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })?;
-    let standalone_url = format!("http://127.0.0.1:{port}/announce");
-    let ot_root = root.join("ot");
-    std::fs::create_dir_all(&ot_root)?;
-    std::fs::copy(&wl, ot_root.join("whitelist.txt"))?;
-    let ot_port = free_port();
-    std::fs::write(
-        ot_root.join("ot.conf"),
-        format!(
-            "listen.tcp_udp 127.0.0.1:{ot_port}\ntracker.rootdir {}\naccess.whitelist /whitelist.txt\n",
-            ot_root.display()
-        ),
-    )?;
-    let _ = Command::new("chmod")
-        .args(["-R", "a+rX"])
-        .arg(&cli.work)
-        .status();
-    let mut c = Command::new("opentracker");
-    c.arg("-f")
-        .arg(ot_root.join("ot.conf"))
-        .args(["-u", "nobody"]);
-    let ot = P::spawn("tt-opentracker", c, &logs)?;
-    wait_for(Duration::from_secs(10), "opentracker", || {
-        std::net::TcpStream::connect(("127.0.0.1", ot_port)).is_ok()
-    })
-    .context("opentracker (apt-get install opentracker)")?;
-    let ot_url = format!("http://127.0.0.1:{ot_port}/announce");
+    let (standalone, standalone_url) = start_whitelisted(&logs, "tt-tracker", &root, &hashes)?;
+    let (ot, ot_url) = start_opentracker(&logs, "tt-opentracker", &root, &hashes, &cli.work)?;
 
     let token_url = format!("{}/announce", token_master.base);
     let open_url = format!("{}/announce", open_master.base);
