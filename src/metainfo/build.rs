@@ -24,10 +24,10 @@ const MIN_AUTO_PIECE: u64 = 256 * 1024;
 const MAX_AUTO_PIECE: u64 = 16 * 1024 * 1024;
 /// Auto piece length grows until a torrent has at most this many pieces.
 const TARGET_MAX_PIECES: u64 = 4000;
-/// With aligned files, pieces may shrink down to one block...
-const MIN_ALIGNED_PIECE: u64 = 16 * 1024;
-/// ... while the padding they save outweighs what a piece costs beyond
-/// its bytes: its hash in every torrent and in memory, a `have` to every
+/// With aligned files, a smaller piece than the size-based one is chosen
+/// (never below the automatic minimum, 256 KiB: the contract's range)
+/// while the padding it saves outweighs what a piece costs beyond its
+/// bytes: its hash in every torrent and in memory, a `have` to every
 /// peer, a verify job and a write on every replica. About the time it
 /// takes to hash 64 KiB.
 const PIECE_COST: u64 = 64 * 1024;
@@ -157,8 +157,8 @@ fn aligned_cost(lengths: &[u64], p: u64) -> Option<u128> {
 }
 
 /// The automatic piece length of a torrent whose files are aligned to
-/// pieces (BEP 47 padding): of the powers of two from 16 KiB up to
-/// [`auto_piece_length`] of the data, the one that costs least (padding is
+/// pieces (BEP 47 padding): of the powers of two from 256 KiB (the
+/// contract's automatic range) up to [`auto_piece_length`] of the data, the one that costs least (padding is
 /// hashed, verified and, for small files, most of the torrent: 5,000 files
 /// of 430 KiB padded to 8 MiB pieces hash 57 GiB for 20 GiB of data), or
 /// `previous` (the newest published version's) while it costs at most
@@ -173,7 +173,7 @@ pub fn aligned_piece_length(lengths: &[u64], previous: Option<u64>) -> u64 {
     };
     let mut best = upper;
     let mut p = upper / 2;
-    while p >= MIN_ALIGNED_PIECE {
+    while p >= MIN_AUTO_PIECE {
         // Smaller pieces are more pieces: past the cap, all of them are.
         let Some(c) = aligned_cost(lengths, p) else {
             break;
@@ -185,7 +185,7 @@ pub fn aligned_piece_length(lengths: &[u64], previous: Option<u64>) -> u64 {
     }
     match previous {
         Some(prev)
-            if (MIN_ALIGNED_PIECE..=super::MAX_PIECE_LENGTH).contains(&prev)
+            if (MIN_AUTO_PIECE..=MAX_AUTO_PIECE).contains(&prev)
                 && prev.is_power_of_two()
                 && aligned_cost(lengths, prev)
                     .is_some_and(|c| c <= cost * KEEP_PREVIOUS as u128) =>
@@ -549,9 +549,10 @@ mod tests {
     }
 
     /// #8: with `align_files`, the piece length was sized from the data
-    /// alone: 20 GiB in 5,000 files got 8 MiB pieces and hashed 57 GiB, and
-    /// 50,000 files of 1–16 KiB got 256 KiB pieces and hashed 12.2 GiB for
-    /// 415 MiB.
+    /// alone: 20 GiB in 5,000 files got 8 MiB pieces and hashed 57 GiB.
+    /// (50,000 files of 1–16 KiB still get 256 KiB pieces and hash 12.2
+    /// GiB for 415 MiB: automatic lengths stay within 256 KiB – 16 MiB, and
+    /// `piece_length = "16K"` is the operator's choice for such an index.)
     #[test]
     fn aligned_piece_length_counts_the_padding() {
         let big = lucene(20 << 30, 5000);
@@ -564,9 +565,11 @@ mod tests {
         let small: Vec<u64> = (0..50_000u64)
             .map(|i| 1024 + (i * 7919) % (15 * 1024))
             .collect();
-        assert_eq!(aligned_piece_length(&small, None), 16 << 10);
-        let data: u64 = small.iter().sum();
-        assert!(padded_total(&small, 16 << 10) < 2 * data);
+        assert_eq!(
+            aligned_piece_length(&small, None),
+            256 << 10,
+            "never below the automatic range, 256 KiB – 16 MiB"
+        );
 
         // A few big files: padding is noise, the size-based length stays.
         for (size, files) in [(10u64 << 30, 66), (1 << 30, 66), (256 << 20, 30)] {
@@ -597,12 +600,12 @@ mod tests {
             "57 GiB against 21: switch"
         );
         assert_eq!(aligned_piece_length(&big, Some(1000)), 512 << 10, "invalid");
-        // Past the piece cap, a previous length is not kept either.
+        // Below the automatic range, a previous length is not kept either.
         assert_eq!(aligned_piece_length(&big, Some(16 << 10)), 512 << 10);
     }
 
     #[test]
-    fn small_aligned_files_get_small_pieces() {
+    fn aligned_small_files_stay_in_the_automatic_range() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("snap");
         for i in 0..40 {
@@ -613,8 +616,7 @@ mod tests {
             ..Default::default()
         };
         let built = build(&root, &opts, &AtomicU64::new(0)).unwrap();
-        assert_eq!(built.meta.piece_length, 16 << 10);
-        assert!(built.hashed_bytes <= 40 * (16 << 10));
+        assert_eq!(built.meta.piece_length, 256 << 10);
         let unaligned = BuildOptions::default();
         let built = build(&root, &unaligned, &AtomicU64::new(0)).unwrap();
         assert_eq!(built.meta.piece_length, 256 << 10, "no padding, no change");
