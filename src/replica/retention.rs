@@ -3,8 +3,9 @@
 //! The live version plus the newest `keep_versions` others stay (newest by
 //! the time their manifest was written, not by number: numbers restart in a
 //! new epoch). Whatever `current` points at is never removed. Partial
-//! downloads are all removed (a swap ends the only download there is), and
-//! so are torrents and manifests left without their directory. A version's
+//! downloads are removed but the newest of a version newer than the live
+//! one (an aborted or paused download, resumed later), and so are torrents
+//! and manifests left without their directory. A version's
 //! manifest goes before its directory, so a removal cut short by a crash
 //! leaves a directory nothing vouches for, never a manifest over half a
 //! directory.
@@ -82,7 +83,8 @@ impl Replica {
             let _ = std::fs::remove_file(&p.torrent);
             crash::point("retention_removed_one");
         }
-        remove_partials_and_orphans(&data);
+        let live_version = self.live.lock().as_ref().map(|l| l.version);
+        remove_partials_and_orphans(&data, live_version);
         if let SwapMode::Solr(s) = &self.cfg.mode {
             self.remove_old_solr_indexes(&s.core_data_dir);
         }
@@ -127,17 +129,31 @@ impl Replica {
     }
 }
 
-/// Removes every `.partial` directory, and torrents and manifests whose
-/// version directory is gone.
-fn remove_partials_and_orphans(data: &Path) {
+/// Removes the `.partial` directories but the newest one of a version
+/// newer than `live` (a download that `POST /abort` or `/pause` cut short:
+/// its verified pieces are what the next cycle resumes from, so at most
+/// one stays), and torrents and manifests whose version directory is gone.
+fn remove_partials_and_orphans(data: &Path, live: Option<u64>) {
     let vdir = layout::versions_dir(data);
-    for e in std::fs::read_dir(&vdir).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(slot) = name.strip_suffix(".partial") {
-            if layout::slot_version(slot).is_some() {
-                info!(partial = %name, "removing a partial download no longer needed");
-                let _ = std::fs::remove_dir_all(e.path());
-            }
+    let partials: Vec<(u64, String)> = std::fs::read_dir(&vdir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let version = layout::slot_version(name.strip_suffix(".partial")?)?;
+            Some((version, name))
+        })
+        .collect();
+    let keep = partials
+        .iter()
+        .filter(|(v, _)| live.is_none_or(|l| *v > l))
+        .max()
+        .map(|(_, name)| name.clone());
+    for (_, name) in partials {
+        if Some(&name) != keep.as_ref() {
+            info!(partial = %name, "removing a partial download no longer needed");
+            let _ = std::fs::remove_dir_all(vdir.join(&name));
         }
     }
     for e in std::fs::read_dir(&vdir).into_iter().flatten().flatten() {
@@ -150,5 +166,53 @@ fn remove_partials_and_orphans(data: &Path) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partials(data: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(layout::versions_dir(data))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".partial"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A swap used to remove every partial download, including the one
+    /// `POST /abort` had just kept for later: its pieces were fetched again.
+    #[test]
+    fn the_newest_partial_newer_than_the_live_version_survives_a_swap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vdir = layout::versions_dir(tmp.path());
+        for name in [
+            "2.partial",
+            "3.partial",
+            "5.partial",
+            "4-0a1b2c3d.partial",
+            "junk.partial",
+        ] {
+            std::fs::create_dir_all(vdir.join(name)).unwrap();
+            std::fs::write(vdir.join(name).join("piece"), b"verified").unwrap();
+        }
+        remove_partials_and_orphans(tmp.path(), Some(3));
+        assert_eq!(partials(tmp.path()), ["5.partial", "junk.partial"]);
+        assert!(vdir.join("5.partial/piece").is_file());
+
+        // Nothing newer than the live version: no partial stays.
+        remove_partials_and_orphans(tmp.path(), Some(5));
+        assert_eq!(partials(tmp.path()), ["junk.partial"]);
+
+        // No live version yet: the newest partial stays.
+        for name in ["6.partial", "7.partial"] {
+            std::fs::create_dir_all(vdir.join(name)).unwrap();
+        }
+        remove_partials_and_orphans(tmp.path(), None);
+        assert_eq!(partials(tmp.path()), ["7.partial", "junk.partial"]);
     }
 }
