@@ -8,15 +8,15 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use indexswarm::demo::Fill;
 use indexswarm::units::human_bytes;
 
 use crate::cluster::{
-    count_files, loadavg, poke, print_load, rss_mib, start_master, start_replica, time_cmd,
-    wait_replica, FdWatch,
+    count_files, loadavg, poke, print_load, publish_first, rss_mib, start_master, start_replica,
+    time_cmd, wait_replicas, FdWatch,
 };
-use crate::common::{dir_bytes, header, http_json, indexswarm};
+use crate::common::{dir_bytes, header, indexswarm};
 use crate::Cli;
 
 /// One TCP stream over loopback, `bytes` through it: bytes per second.
@@ -121,26 +121,14 @@ pub(crate) fn bench_big(
     let mut pids = vec![master.pid()];
     pids.extend(reps.iter().map(|r| r.pid()));
     let fds = FdWatch::start(pids);
-    let t = Instant::now();
-    let r = http_json(
-        "POST",
-        &format!("{}/snapshot", master.base),
-        Some("{\"path\": \"snapshot.1\"}"),
-    )?;
-    if r["version"] != 1 {
-        bail!("publish answered {r}");
-    }
-    let publish = t.elapsed().as_secs_f64();
+    let publish = publish_first(&master)?;
     let lp = master.status()["last_publish"].clone();
     eprintln!("published in {publish:.1} s: {lp}");
     let t = Instant::now();
     for r in &reps {
         poke(r);
     }
-    let mut done = Vec::new();
-    for r in &reps {
-        done.push(wait_replica(r, 1, t)?);
-    }
+    let done = wait_replicas(&reps, 1, t)?;
     let replicate = done.iter().copied().fold(0.0, f64::max);
     std::thread::sleep(Duration::from_secs(1));
     let mut rows = Vec::new();

@@ -44,11 +44,11 @@ fn wait_healthy(base: &str, p: &mut P, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Starts `indexswarm master` on loopback ports; `extra` are more flags.
-pub(crate) fn start_master(logs: &Path, name: &str, snaps: &Path, extra: &[&str]) -> Result<Node> {
+/// Starts `c` (an `indexswarm master` or `replica` command) on two free
+/// loopback ports, then `extra` flags, and waits for its `/healthz`.
+fn start_node(logs: &Path, name: &str, mut c: Command, extra: &[&str]) -> Result<Node> {
     let (http, peer) = (free_port(), free_port());
-    let mut c = Command::new(indexswarm());
-    c.args(["master", "--snapshots-dir"]).arg(snaps).args([
+    c.args([
         "--http-listen",
         &format!("127.0.0.1:{http}"),
         "--peer-listen",
@@ -59,6 +59,13 @@ pub(crate) fn start_master(logs: &Path, name: &str, snaps: &Path, extra: &[&str]
     let base = format!("http://127.0.0.1:{http}");
     wait_healthy(&base, &mut p, name)?;
     Ok(Node { p, base })
+}
+
+/// Starts `indexswarm master` on loopback ports; `extra` are more flags.
+pub(crate) fn start_master(logs: &Path, name: &str, snaps: &Path, extra: &[&str]) -> Result<Node> {
+    let mut c = Command::new(indexswarm());
+    c.args(["master", "--snapshots-dir"]).arg(snaps);
+    start_node(logs, name, c, extra)
 }
 
 /// Starts `indexswarm replica` following `master`, polling every second.
@@ -75,21 +82,41 @@ pub(crate) fn start_replica_with(
     data: &Path,
     extra: &[&str],
 ) -> Result<Node> {
-    let (http, peer) = (free_port(), free_port());
     let mut c = Command::new(indexswarm());
     c.args(["replica", "--master-url", master, "--data-dir"])
-        .arg(data)
-        .args([
-            "--http-listen",
-            &format!("127.0.0.1:{http}"),
-            "--peer-listen",
-            &format!("127.0.0.1:{peer}"),
-        ]);
-    c.args(extra);
-    let mut p = P::spawn(name, c, logs)?;
-    let base = format!("http://127.0.0.1:{http}");
-    wait_healthy(&base, &mut p, name)?;
-    Ok(Node { p, base })
+        .arg(data);
+    start_node(logs, name, c, extra)
+}
+
+/// `POST /snapshot` of `snapshot.1` on a master with nothing published:
+/// the seconds until it answered with version 1.
+pub(crate) fn publish_first(master: &Node) -> Result<f64> {
+    let t = Instant::now();
+    let r = http_json(
+        "POST",
+        &format!("{}/snapshot", master.base),
+        Some("{\"path\": \"snapshot.1\"}"),
+    )?;
+    if r["version"] != 1 {
+        bail!("publish answered {r}");
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Waits until every replica serves `version`: the seconds from `since`
+/// to each one's swap, as seen by polling them all together (waiting on
+/// one after the other gave the later ones the earlier ones' times).
+pub(crate) fn wait_replicas(replicas: &[Node], version: u64, since: Instant) -> Result<Vec<f64>> {
+    let mut done: Vec<Option<f64>> = vec![None; replicas.len()];
+    wait_for(Duration::from_secs(3600), "the replicas", || {
+        for (r, d) in replicas.iter().zip(done.iter_mut()) {
+            if d.is_none() && r.status()["current_version"] == version {
+                *d = Some(since.elapsed().as_secs_f64());
+            }
+        }
+        done.iter().all(Option::is_some)
+    })?;
+    Ok(done.into_iter().flatten().collect())
 }
 
 /// Asks a replica to poll now (instead of within its poll interval).

@@ -9,14 +9,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use indexswarm::units::human_bytes;
 
 use crate::cluster::{
-    loadavg, median_of, poke, print_load, rss_mib, start_master, start_replica, time_cmd,
-    wait_replica, FdWatch,
+    loadavg, median_of, poke, print_load, publish_first, rss_mib, start_master, start_replica,
+    time_cmd, wait_replicas, FdWatch,
 };
-use crate::common::{cpu_secs, dir_bytes, header, http_json, indexswarm};
+use crate::common::{cpu_secs, dir_bytes, header, indexswarm};
 use crate::Cli;
 
 struct Run {
@@ -109,24 +109,12 @@ fn one_run(cli: &Cli, n: usize, replicas: usize, rep: usize) -> Result<Run> {
     let mut pids = vec![master.pid()];
     pids.extend(reps.iter().map(|r| r.pid()));
     let fds = FdWatch::start(pids);
-    let t = Instant::now();
-    let r = http_json(
-        "POST",
-        &format!("{}/snapshot", master.base),
-        Some("{\"path\": \"snapshot.1\"}"),
-    )?;
-    if r["version"] != 1 {
-        bail!("publish answered {r}");
-    }
-    let publish = t.elapsed().as_secs_f64();
+    let publish = publish_first(&master)?;
     let t = Instant::now();
     for r in &reps {
         poke(r);
     }
-    let mut replicate: f64 = 0.0;
-    for r in &reps {
-        replicate = replicate.max(wait_replica(r, 1, t)?);
-    }
+    let replicate = wait_replicas(&reps, 1, t)?.into_iter().fold(0.0, f64::max);
     let lp = master.status()["last_publish"].clone();
     let run_out = Run {
         publish,

@@ -41,9 +41,18 @@ impl std::fmt::Display for Cidr {
     }
 }
 
+/// Why a `peer_allow` entry is not a block.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{0:?} is not an address or CIDR block")]
+    Address(String),
+    #[error("{0:?}: the prefix length must be 0 to {1}")]
+    Prefix(String, u8),
+}
+
 impl std::str::FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Cidr, String> {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Cidr, CidrError> {
         let s = s.trim();
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
@@ -51,7 +60,7 @@ impl std::str::FromStr for Cidr {
         };
         let net: IpAddr = addr
             .parse()
-            .map_err(|_| format!("{s:?} is not an address or CIDR block"))?;
+            .map_err(|_| CidrError::Address(s.to_string()))?;
         let max = if net.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
@@ -59,7 +68,7 @@ impl std::str::FromStr for Cidr {
                 .parse::<u8>()
                 .ok()
                 .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+                .ok_or_else(|| CidrError::Prefix(s.to_string(), max))?,
         };
         Ok(Cidr { net, prefix })
     }
